@@ -1,0 +1,277 @@
+"""Capture one step: snapshot, run, snapshot, store, sign, append.
+
+Everything that could stop a record from being written (the key, the provenance directory, a torn
+chain tail, unreadable inputs) is checked *before* the command runs, so nothing runs unrecorded.
+Once the command has run, a record is always appended, with status ``failed`` and an ``error``
+when the capture itself hit a problem.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asl_capture import chain, dcbor, envpolicy
+from asl_capture.context import host_info, read_sources, vcs_info
+from asl_capture.errors import AslError, CaptureError, RecordWriteError, UsageError
+from asl_capture.hashing import Hasher, StatCache
+from asl_capture.keys import Signer, ensure_dev_key, load_signer, read_passphrase
+from asl_capture.manifest import Excluder, Manifest, diff, snapshot
+from asl_capture.record import StepRecord
+from asl_capture.runner import RunResult, run
+from asl_capture.store import ObjectStore, ProvenanceDir
+
+ENV_DIR = "ASL_CAPTURE_DIR"
+ENV_PARENT = "ASL_CAPTURE_PARENT"
+ENV_KEY = "ASL_CAPTURE_KEY"
+ENV_PASSPHRASE_FILE = "ASL_CAPTURE_PASSPHRASE_FILE"
+EXIT_CANNOT_START = 127
+EXIT_CAPTURE_FAILED = 125
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """Everything one capture needs. Paths are as given; ``environ`` is the caller's environment."""
+
+    argv: tuple[str, ...]
+    environ: Mapping[str, str]
+    cwd: Path
+    step: str | None = None
+    provenance: Path | None = None
+    key: Path | None = None
+    passphrase_file: Path | None = None
+    inputs: tuple[Path, ...] = ()
+    outputs: tuple[Path, ...] = ()
+    excludes: tuple[str, ...] = ()
+    root: Path | None = None
+    sources_file: Path | None = None
+    forward_output: bool = True
+    progress: Callable[[str], None] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureOutcome:
+    """What happened: the exit code ``asl-capture`` should return and the record appended."""
+
+    exit_code: int
+    record: StepRecord
+    seq: int
+
+
+def resolve_provenance(config: CaptureConfig) -> Path:
+    """``--provenance``, else ``$ASL_CAPTURE_DIR``, else ``./provenance``."""
+    if config.provenance is not None:
+        return config.provenance
+    env_dir = config.environ.get(ENV_DIR)
+    return Path(env_dir) if env_dir else config.cwd / "provenance"
+
+
+def resolve_signer(config: CaptureConfig, notify: Callable[[str], None]) -> tuple[Signer, Path | None]:
+    """Load the signing key: ``--key``, ``$ASL_CAPTURE_KEY``, or the per-user development key.
+
+    Returns the signer and the passphrase file to hand to nested captures.
+
+    Raises:
+        KeyFileError: the key cannot be created or loaded.
+    """
+    passphrase_file = config.passphrase_file
+    if passphrase_file is None and config.environ.get(ENV_PASSPHRASE_FILE):
+        passphrase_file = Path(config.environ[ENV_PASSPHRASE_FILE])
+    passphrase = read_passphrase(passphrase_file=passphrase_file, environ=config.environ)
+    key_path = config.key
+    if key_path is None and config.environ.get(ENV_KEY):
+        key_path = Path(config.environ[ENV_KEY])
+    if key_path is None:
+        key_path, created = ensure_dev_key(config.environ)
+        if created is not None:
+            notify(f"asl-capture: created development signing key {key_path} (key id {created.hex()}); "
+                   f"trust it with --trust {key_path.with_suffix('.pub')}")
+    if not key_path.is_absolute():
+        key_path = config.cwd / key_path
+    if passphrase_file is not None and not passphrase_file.is_absolute():
+        passphrase_file = config.cwd / passphrase_file
+    return load_signer(key_path, passphrase=passphrase), passphrase_file
+
+
+def _abs(path: Path, cwd: Path) -> Path:
+    return path if path.is_absolute() else cwd / path
+
+
+def capture(config: CaptureConfig, *, notify: Callable[[str], None]) -> CaptureOutcome:
+    """Run ``config.argv`` under capture and append its signed record.
+
+    Raises:
+        UsageError, KeyFileError, StoreError, TornTailError, ChainError, SnapshotError: before the
+            command runs (it is then not run at all).
+        RecordWriteError: the command ran but its record could not be appended.
+    """
+    if not config.argv:
+        raise UsageError("no command given after '--'")
+    cwd = config.cwd.absolute()
+    prov = ProvenanceDir.create(_abs(resolve_provenance(config), cwd))
+    signer, passphrase_file = resolve_signer(config, notify)
+    chain.check_appendable(prov)
+    store = ObjectStore(prov)
+    for path in config.inputs:
+        if not os.path.lexists(_abs(path, cwd)):
+            raise CaptureError(f"{path}: declared input does not exist")
+
+    root = _abs(config.root, cwd) if config.root is not None else cwd
+    excluder = Excluder(patterns=config.excludes, absolute=frozenset({os.fsencode(prov.root)}))
+    cache = StatCache.load(prov.statcache)
+    hasher = Hasher(cache=cache)
+    declared = bool(config.inputs or config.outputs)
+    in_roots = [_abs(p, cwd) for p in config.inputs] if declared else [root]
+    out_roots = [_abs(p, cwd) for p in config.outputs] if declared else [root]
+
+    def take(roots: list[Path]) -> Manifest:
+        return snapshot(roots, base=cwd, excluder=excluder, hasher=hasher, missing_ok=True,
+                        progress=_progress(config.progress, len(roots)))
+
+    inputs = take(in_roots)
+    outputs_before = inputs if in_roots == out_roots else take(out_roots)
+    sources_stamp = _stamp(_abs(config.sources_file, cwd)) if config.sources_file else None
+    vcs = vcs_info(cwd)
+
+    run_id = secrets.token_bytes(16)
+    parent = _parent(config.environ)
+    child_env = dict(config.environ)
+    child_env[ENV_DIR] = str(prov.root)
+    child_env[ENV_PARENT] = run_id.hex()
+    child_env[ENV_KEY] = str(signer.path)
+    if passphrase_file is not None:
+        child_env[ENV_PASSPHRASE_FILE] = str(passphrase_file)
+
+    result = run(config.argv, env=child_env, cwd=cwd, store=store, forward_output=config.forward_output)
+
+    errors: list[str] = []
+    if result.start_error:
+        errors.append(result.start_error)
+    outputs_after = outputs_before
+    try:
+        outputs_after = take(out_roots)
+    except AslError as exc:
+        errors.append(f"output snapshot failed: {exc}")
+    sources: list[dcbor.Value] | None = None
+    if config.sources_file is not None:
+        sources_path = _abs(config.sources_file, cwd)
+        try:
+            if _stamp(sources_path) in (None, sources_stamp):
+                raise CaptureError(f"{config.sources_file}: sources file was not written by the step")
+            sources = read_sources(sources_path)
+        except AslError as exc:
+            errors.append(str(exc))
+    cache.save(prov.statcache)
+
+    changes = diff(outputs_before, outputs_after)
+    body = _body(config, cwd, result, errors, run_id=run_id, parent=parent, vcs=vcs, sources=sources)
+    body["inputs"] = {"manifest": store.put(inputs.encode()), "entries": len(inputs.entries), "files": inputs.files}
+    body["outputs"] = {
+        "manifest": store.put(outputs_after.encode()),
+        "before": store.put(outputs_before.encode()),
+        "changes": store.put(changes.encode()),
+        "entries": len(outputs_after.entries),
+        "files": outputs_after.files,
+        "created": len(changes.created),
+        "modified": len(changes.modified),
+        "deleted": len(changes.deleted),
+    }
+    try:
+        record, _item = chain.append(prov, signer, lambda _head: dict(body),
+                                     new_chain_id=lambda: secrets.token_bytes(16))
+    except AslError as exc:
+        raise RecordWriteError(f"the command ran but its record could not be appended: {exc}") from None
+    return CaptureOutcome(exit_code=_exit_code(result, errors), record=record, seq=record.seq)
+
+
+def _progress(report: Callable[[str], None] | None, roots: int) -> Callable[[int], None] | None:
+    if report is None:
+        return None
+    return lambda done: report(f"asl-capture: hashed {done} files in {roots} root(s)")
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _parent(environ: Mapping[str, str]) -> bytes | None:
+    value = environ.get(ENV_PARENT, "")
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        return None
+    return raw if len(raw) == 16 else None
+
+
+def _status(result: RunResult, errors: list[str]) -> str:
+    if result.signals or (result.returncode is not None and result.returncode < 0):
+        return "interrupted"
+    if errors or result.returncode != 0:
+        return "failed"
+    return "ok"
+
+
+def _exit_code(result: RunResult, errors: list[str]) -> int:
+    if result.returncode is None:
+        return EXIT_CANNOT_START
+    if result.returncode < 0:
+        return 128 - result.returncode
+    if result.returncode == 0 and errors:
+        return EXIT_CAPTURE_FAILED
+    return result.returncode
+
+
+def _text(value: str) -> dcbor.Value:
+    """Command-line text as recorded: UTF-8 text, or raw bytes when it is not valid UTF-8."""
+    raw = os.fsencode(value)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
+def _body(
+    config: CaptureConfig, cwd: Path, result: RunResult, errors: list[str], *, run_id: bytes,
+    parent: bytes | None, vcs: dict[str, dcbor.Value] | None, sources: list[dcbor.Value] | None,
+) -> dict[str, dcbor.Value]:
+    hidden = envpolicy.secret_values(config.environ)
+    env: dict[str, dcbor.Value] = {
+        k: (None if v is None else envpolicy.mask(v, hidden))
+        for k, v in envpolicy.recorded_env(config.environ).items()
+    }
+    body: dict[str, dcbor.Value] = {
+        "v": 1,
+        "id": run_id,
+        "parent": parent,
+        "step": envpolicy.mask(config.step or os.path.basename(config.argv[0]) or config.argv[0], hidden),
+        "argv": [_text(envpolicy.mask(a, hidden)) for a in config.argv],
+        "cwd": _text(envpolicy.mask(str(cwd), hidden)),
+        "env": env,
+        "started": result.started,
+        "finished": result.finished,
+        "exit": result.returncode if result.returncode is not None else EXIT_CANNOT_START,
+        "status": _status(result, errors),
+        "stdout": {"digest": result.stdout.digest, "size": result.stdout.size},
+        "stderr": {"digest": result.stderr.digest, "size": result.stderr.size},
+        "host": host_info(),
+    }
+    sde = config.environ.get("SOURCE_DATE_EPOCH", "")
+    if sde.isdigit():
+        body["source_date_epoch"] = int(sde)
+    if vcs is not None:
+        body["vcs"] = vcs
+    if sources is not None:
+        body["sources"] = sources
+    if errors:
+        body["error"] = envpolicy.mask("; ".join(errors), hidden)
+    if result.signals:
+        body["signals"] = list(result.signals)
+    return body
+

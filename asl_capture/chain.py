@@ -1,0 +1,264 @@
+"""The append-only chain file: a CBOR sequence (RFC 8742) of tagged COSE_Sign1 messages.
+
+Appends are serialized across processes with ``flock`` on ``chain.lock``; each record is written
+whole with one ``O_APPEND`` write and fsynced before the lock is released. The reader splits the
+sequence into items and reports a partial last item (a crash mid-append) as a torn tail with its
+byte offset; :func:`repair` is the only thing that removes such bytes, and it keeps a copy.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from asl_capture import cose, dcbor
+from asl_capture.errors import AslError, CborError, ChainError, TornTailError, TruncatedCbor
+from asl_capture.keys import Signer
+from asl_capture.record import StepRecord
+from asl_capture.store import ProvenanceDir
+
+_TAGS = frozenset({cose.COSE_SIGN1_TAG})
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One whole chain item: its offset and its exact bytes."""
+
+    offset: int
+    raw: bytes
+
+    @property
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.raw).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """The chain split into items. ``torn`` is (offset, length) of a partial last item, if any."""
+
+    items: tuple[Item, ...]
+    torn: tuple[int, int] | None
+    size: int
+
+
+def split(data: bytes, *, start: int = 0, name: str = "chain") -> Scan:
+    """Split chain bytes into whole items, from ``start``.
+
+    Raises:
+        ChainError: an item is not well-formed CBOR (a corrupt record, not a torn tail); the message
+            names the record index and byte offset.
+    """
+    items: list[Item] = []
+    pos, size = start, len(data)
+    while pos < size:
+        try:
+            _, end = dcbor.decode_item(data, pos, tags=_TAGS)
+        except TruncatedCbor:
+            return Scan(items=tuple(items), torn=(pos, size - pos), size=size)
+        except CborError as exc:
+            raise ChainError(f"{name}: item {len(items)} at byte offset {pos} is malformed: {exc}") from None
+        items.append(Item(pos, data[pos:end]))
+        pos = end
+    return Scan(items=tuple(items), torn=None, size=size)
+
+
+def read(path: Path) -> Scan:
+    """Read and split a chain file.
+
+    Raises:
+        ChainError: the file cannot be read or holds a malformed item.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ChainError(f"{path}: cannot read chain: {exc.strerror}") from None
+    return split(data, name=str(path))
+
+
+@contextmanager
+def locked(prov: ProvenanceDir) -> Iterator[None]:
+    """Hold the chain's exclusive append lock.
+
+    Raises:
+        ChainError: the lock file cannot be opened.
+    """
+    try:
+        fd = os.open(prov.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise ChainError(f"{prov.lock}: cannot open lock file: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """Where the chain stands: the next seq, the previous item's digest, the chain id, the end offset."""
+
+    chain: bytes | None
+    next_seq: int
+    prev: bytes | None
+    end: int
+
+
+def _head_from_item(item: Item) -> Head:
+    msg = cose.parse(dcbor.decode_item(item.raw, tags=_TAGS)[0])
+    record = StepRecord.from_cbor(msg.payload)
+    return Head(chain=record.chain, next_seq=record.seq + 1, prev=item.digest, end=item.offset + len(item.raw))
+
+
+def _read_cached_head(prov: ProvenanceDir, fd: int, size: int) -> Head | None:
+    """The head cache, if it is consistent with the chain bytes (else None: rescan)."""
+    try:
+        value = dcbor.decode(prov.head.read_bytes())
+    except (OSError, CborError):
+        return None
+    if not isinstance(value, dict):
+        return None
+    start, end, digest = value.get("start"), value.get("end"), value.get("digest")
+    if not (isinstance(start, int) and isinstance(end, int) and isinstance(digest, bytes)) or not 0 <= start < end:
+        return None
+    if end != size:
+        return None
+    raw = os.pread(fd, end - start, start)
+    if hashlib.sha256(raw).digest() != digest:
+        return None
+    try:
+        return _head_from_item(Item(start, raw))
+    except AslError:  # the cache is advisory: anything odd means "rescan"
+        return None
+
+
+def _write_head(prov: ProvenanceDir, item: Item) -> None:
+    data = dcbor.encode({"start": item.offset, "end": item.offset + len(item.raw), "digest": item.digest})
+    tmp = prov.head.with_name(f".head.{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, prov.head)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def _current_head(prov: ProvenanceDir, fd: int) -> Head:
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return Head(chain=None, next_seq=0, prev=None, end=0)
+    cached = _read_cached_head(prov, fd, size)
+    if cached is not None:
+        return cached
+    data = os.pread(fd, size, 0)
+    scan = split(data, name=str(prov.chain))
+    if scan.torn is not None:
+        raise TornTailError(str(prov.chain), offset=scan.torn[0], length=scan.torn[1], records=len(scan.items))
+    try:
+        return _head_from_item(scan.items[-1])
+    except AslError as exc:
+        raise ChainError(f"{prov.chain}: last record cannot be read: {exc}") from None
+
+
+def check_appendable(prov: ProvenanceDir) -> Head:
+    """Check, under the lock, that a record could be appended now; return the current head.
+
+    Raises:
+        TornTailError: the chain ends with a partial record.
+        ChainError: the chain cannot be opened or its last record cannot be read.
+    """
+    with locked(prov):
+        fd = _open_chain(prov)
+        try:
+            return _current_head(prov, fd)
+        finally:
+            os.close(fd)
+
+
+def _open_chain(prov: ProvenanceDir) -> int:
+    try:
+        return os.open(prov.chain, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise ChainError(f"{prov.chain}: cannot open chain: {exc.strerror}") from None
+
+
+def append(
+    prov: ProvenanceDir,
+    signer: Signer,
+    build: Callable[[Head], dict[str, dcbor.Value]],
+    *,
+    new_chain_id: Callable[[], bytes],
+) -> tuple[StepRecord, Item]:
+    """Append one signed record. ``build(head)`` returns the payload without the chain fields.
+
+    ``chain``, ``seq`` and ``prev`` are filled in under the lock, so concurrent appenders never fork
+    the chain.
+
+    Raises:
+        TornTailError: the chain ends with a partial record; nothing is written.
+        ChainError: the chain cannot be opened or written.
+    """
+    with locked(prov):
+        fd = _open_chain(prov)
+        try:
+            head = _current_head(prov, fd)
+            body = build(head)
+            body["chain"] = head.chain if head.chain is not None else new_chain_id()
+            body["seq"] = head.next_seq
+            body["prev"] = head.prev
+            record = StepRecord.from_value(body)
+            raw = cose.sign(record.to_cbor(), signer.private_key)
+            written = 0
+            try:
+                while written < len(raw):
+                    written += os.write(fd, raw[written:])
+                os.fsync(fd)
+            except OSError as exc:
+                raise ChainError(f"{prov.chain}: cannot append record: {exc.strerror}") from None
+            item = Item(head.end, raw)
+            _write_head(prov, item)
+            return record, item
+        finally:
+            os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class RepairResult:
+    """What :func:`repair` did: bytes removed, where, and where a copy of them was kept."""
+
+    removed: int
+    offset: int
+    records: int
+    saved: Path | None
+
+
+def repair(prov: ProvenanceDir) -> RepairResult:
+    """Truncate a torn tail (after saving a copy of its bytes beside the chain).
+
+    Whole records are never touched; a malformed record in the middle is refused.
+
+    Raises:
+        ChainError: the chain cannot be read or written, or is corrupt before its tail.
+    """
+    with locked(prov):
+        fd = _open_chain(prov)
+        try:
+            size = os.fstat(fd).st_size
+            scan = split(os.pread(fd, size, 0), name=str(prov.chain))
+            if scan.torn is None:
+                return RepairResult(removed=0, offset=size, records=len(scan.items), saved=None)
+            offset, length = scan.torn
+            saved = prov.root / f"torn-at-{offset}.bin"
+            try:
+                saved.write_bytes(os.pread(fd, length, offset))
+                os.ftruncate(fd, offset)
+                os.fsync(fd)
+            except OSError as exc:
+                raise ChainError(f"{prov.chain}: cannot truncate torn tail: {exc.strerror}") from None
+            prov.head.unlink(missing_ok=True)
+            return RepairResult(removed=length, offset=offset, records=len(scan.items), saved=saved)
+        finally:
+            os.close(fd)

@@ -1,0 +1,75 @@
+"""``asl-capture [OPTIONS] -- CMD [ARGS...]``: run a build step and append its signed record."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from asl_capture.capture import CaptureConfig, capture
+from asl_capture.errors import AslError, RecordWriteError
+
+HELP_EPILOG = """\b
+Exit status: the command's own exit code; 128+N when signal N ended it; 127 when it
+cannot be started; 2 (the command is NOT run) for a usage error, an unusable key or
+provenance directory, a torn chain tail or an unreadable input; 125 when the command
+ran but its record could not be written or completed.
+\b
+Environment: ASL_CAPTURE_DIR (provenance directory), ASL_CAPTURE_KEY (signing key),
+ASL_KEY_PASSPHRASE or ASL_CAPTURE_PASSPHRASE_FILE (key passphrase). Nested captures
+inherit these and ASL_CAPTURE_PARENT from the enclosing capture.
+"""
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "allow_interspersed_args": False},
+               epilog=HELP_EPILOG)
+@click.option("--step", help="Step name (default: the command's basename).")
+@click.option("--provenance", type=click.Path(path_type=Path),
+              help="Provenance directory (default: $ASL_CAPTURE_DIR, else ./provenance).")
+@click.option("--key", type=click.Path(path_type=Path), help="Ed25519 private key (default: $ASL_CAPTURE_KEY, "
+              "else a per-user development key).")
+@click.option("--passphrase-file", type=click.Path(path_type=Path), help="File whose first line is the key's "
+              "passphrase (or set ASL_KEY_PASSPHRASE).")
+@click.option("-i", "--input", "inputs", multiple=True, type=click.Path(path_type=Path),
+              help="Input file or directory (repeatable).")
+@click.option("-o", "--output", "outputs", multiple=True, type=click.Path(path_type=Path),
+              help="Output file or directory (repeatable).")
+@click.option("--exclude", "excludes", multiple=True, help="Glob of paths to leave out of snapshots (repeatable).")
+@click.option("--root", type=click.Path(path_type=Path),
+              help="Snapshot root when no -i/-o is given (default: the working directory).")
+@click.option("--sources", "sources_file", type=click.Path(path_type=Path),
+              help="JSON Lines file the step writes, listing what it took from outside (recorded as sources).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def cli(step: str | None, provenance: Path | None, key: Path | None, passphrase_file: Path | None,
+        inputs: tuple[Path, ...], outputs: tuple[Path, ...], excludes: tuple[str, ...], root: Path | None,
+        sources_file: Path | None, command: tuple[str, ...]) -> None:
+    """Run CMD, hash what it read and wrote, and append a signed provenance record."""
+    progress = (lambda msg: click.echo(f"\r{msg}", err=True, nl=False)) if sys.stderr.isatty() else None
+    config = CaptureConfig(
+        argv=command, environ=dict(os.environ), cwd=Path.cwd(), step=step, provenance=provenance, key=key,
+        passphrase_file=passphrase_file, inputs=inputs, outputs=outputs, excludes=excludes, root=root,
+        sources_file=sources_file, progress=progress,
+    )
+    try:
+        outcome = capture(config, notify=lambda msg: click.echo(msg, err=True))
+    except RecordWriteError as exc:
+        click.echo(f"{type(exc).__name__}: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except AslError as exc:
+        click.echo(f"{type(exc).__name__}: {exc}", err=True)
+        sys.exit(2)
+    error = outcome.record.body.get("error")
+    if error:
+        click.echo(f"asl-capture: {error} (recorded as seq {outcome.seq}, status {outcome.record.status})", err=True)
+    sys.exit(outcome.exit_code)
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="asl-capture")
+
+
+if __name__ == "__main__":
+    main()

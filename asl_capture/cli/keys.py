@@ -1,0 +1,63 @@
+"""``asl-keys``: create Ed25519 signing keys and print key ids."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from asl_capture.errors import AslError, KeyFileError
+from asl_capture.keys import generate, load_public, load_signer, public_key_id, read_passphrase
+
+EPILOG = "\b\nExit status: 0 success, 2 usage error, unusable key file or wrong passphrase."
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+def cli() -> None:
+    """Manage asl-capture Ed25519 keys. Passphrases come from a file or $ASL_KEY_PASSPHRASE."""
+
+
+@cli.command("generate", epilog=EPILOG)
+@click.argument("name")
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("."), show_default=True,
+              help="Where to write NAME.key (0600) and NAME.pub.")
+@click.option("--passphrase-file", type=click.Path(path_type=Path), help="Encrypt the key with the passphrase "
+              "on this file's first line (or set ASL_KEY_PASSPHRASE).")
+def generate_cmd(name: str, directory: Path, passphrase_file: Path | None) -> None:
+    """Create NAME.key (PKCS#8 PEM, mode 0600) and NAME.pub (SubjectPublicKeyInfo PEM)."""
+    try:
+        passphrase = read_passphrase(passphrase_file=passphrase_file, environ=os.environ)
+        key_path, pub_path, kid = generate(name, directory=directory, passphrase=passphrase)
+    except AslError as exc:
+        click.echo(f"{type(exc).__name__}: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"asl-keys: wrote {key_path} and {pub_path}", err=True)
+    click.echo(kid.hex())
+
+
+@cli.command("id", epilog=EPILOG)
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--passphrase-file", type=click.Path(path_type=Path), help="Passphrase for an encrypted private key.")
+def id_cmd(file: Path, passphrase_file: Path | None) -> None:
+    """Print the key id (hex SHA-256 of the raw public key) of a public or private key FILE."""
+    try:
+        try:
+            kid = public_key_id(load_public(file))
+        except KeyFileError:
+            passphrase = read_passphrase(passphrase_file=passphrase_file, environ=os.environ)
+            kid = load_signer(file, passphrase=passphrase).kid
+    except AslError as exc:
+        click.echo(f"{type(exc).__name__}: {exc}", err=True)
+        sys.exit(2)
+    click.echo(kid.hex())
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="asl-keys")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""``asl-verify``: offline verification of provenance chains.
+
+``--json`` output schema (``asl-verify/chain/1``) is documented in ``docs/FORMAT.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from asl_capture.errors import AslError, VerificationError
+from asl_capture.keys import load_trust
+from asl_capture.verify import CHECKS, ChainReport, StepNode, verify_chain
+
+EPILOG = "\b\nExit status: 0 verified, 1 verification failed, 2 usage error or unreadable input."
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+def cli() -> None:
+    """Verify asl-capture provenance offline."""
+
+
+def _node_json(node: StepNode) -> dict[str, Any]:
+    r = node.record
+    return {
+        "seq": node.seq, "step": r.step, "status": r.status, "exit": r.exit, "id": r.id.hex(),
+        "started_ns": r.started, "finished_ns": r.finished, "duration_ns": r.finished - r.started,
+        "children": [_node_json(c) for c in node.children],
+    }
+
+
+def _tree_lines(nodes: tuple[StepNode, ...], depth: int = 0) -> list[str]:
+    lines: list[str] = []
+    for node in nodes:
+        r = node.record
+        seconds = (r.finished - r.started) / 1e9
+        lines.append(f"  {'  ' * depth}#{node.seq} {r.step}: {r.status} (exit {r.exit}, {seconds:.2f} s)")
+        lines.extend(_tree_lines(node.children, depth + 1))
+    return lines
+
+
+@cli.command("chain", epilog=EPILOG)
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--trust", "trust", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="Trusted public key (*.pub) or a directory of them (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON (schema asl-verify/chain/1).")
+def chain_cmd(directory: Path, trust: tuple[Path, ...], as_json: bool) -> None:
+    """Verify the signed chain in a provenance DIRECTORY."""
+    checks: list[dict[str, Any]] = []
+
+    def log(number: int, name: str, detail: str) -> None:
+        checks.append({"number": number, "name": name, "ok": True, "detail": detail})
+        if not as_json:
+            click.echo(f"  {number}. {name:<9} ok    {detail}")
+
+    if not as_json:
+        click.echo(f"asl-verify chain {directory}")
+    report: ChainReport | None = None
+    error: AslError | None = None
+    try:
+        report = verify_chain(directory, load_trust(list(trust)), log=log)
+    except AslError as exc:
+        error = exc
+    if as_json:
+        click.echo(json.dumps(_json(directory, checks, report, error), indent=2, sort_keys=True))
+    elif report is not None:
+        click.echo("steps:")
+        for line in _tree_lines(report.tree):
+            click.echo(line)
+        click.echo(f"VERIFIED: {len(report.records)} records, chain {report.chain_id.hex()}, "
+                   f"head seq {report.head_seq} sha256 {report.head_digest.hex()}")
+    if error is not None:
+        if isinstance(error, VerificationError) and not as_json:
+            number = CHECKS.index(error.check) + 1 if error.check in CHECKS else len(checks) + 1
+            click.echo(f"  {number}. {error.check:<9} FAIL  {error}")
+            click.echo("FAILED")
+        click.echo(f"{type(error).__name__}: {error}", err=True)
+        sys.exit(error.exit_code)
+
+
+def _json(directory: Path, checks: list[dict[str, Any]], report: ChainReport | None,
+          error: AslError | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"schema": "asl-verify/chain/1", "path": str(directory), "checks": checks}
+    if report is not None:
+        out.update({
+            "verdict": "verified", "chain": report.chain_id.hex(), "records": len(report.records),
+            "head": {"seq": report.head_seq, "sha256": report.head_digest.hex()},
+            "keys": [k.hex() for k in report.kids], "objects": report.objects,
+            "steps": [_node_json(n) for n in report.tree], "error": None,
+        })
+    if error is not None:
+        failed = isinstance(error, VerificationError)
+        out.update({
+            "verdict": "failed" if failed else "error",
+            "error": {
+                "type": type(error).__name__, "message": str(error),
+                "check": error.check if isinstance(error, VerificationError) else None,
+                "record": error.record if isinstance(error, VerificationError) else None,
+            },
+        })
+        if failed and isinstance(error, VerificationError):
+            checks.append({"number": CHECKS.index(error.check) + 1 if error.check in CHECKS else len(checks) + 1,
+                           "name": error.check, "ok": False, "detail": str(error)})
+    return out
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="asl-verify")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""What a record says about where a step ran: host, source checkout (``vcs``), pinned ``sources``."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+
+from asl_capture import __version__, dcbor
+from asl_capture.errors import CaptureError
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_SOURCE_KEYS = frozenset({"uri", "sha256", "kind", "via", "name", "version", "size"})
+
+
+def host_info() -> dict[str, dcbor.Value]:
+    """Hostname, kernel, machine and tool version."""
+    uname = os.uname()
+    return {
+        "hostname": uname.nodename,
+        "kernel": uname.release,
+        "machine": uname.machine,
+        "tool": f"asl-capture {__version__}",
+        "python": platform.python_version(),
+    }
+
+
+def find_checkout(start: Path) -> Path | None:
+    """The nearest directory at or above ``start`` holding ``.git``."""
+    current = start.absolute()
+    while True:
+        if (current / ".git").exists():
+            return current
+        if current.parent == current:
+            return None
+        current = current.parent
+
+
+def _git(checkout: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(checkout), *args], capture_output=True, check=False, timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.decode("utf-8", "replace").strip() if done.returncode == 0 else None
+
+
+def vcs_info(start: Path) -> dict[str, dcbor.Value] | None:
+    """Commit, tree and dirtiness of the git checkout holding ``start``, or None outside one."""
+    checkout = find_checkout(start)
+    if checkout is None:
+        return None
+    commit = _git(checkout, "rev-parse", "--verify", "HEAD")
+    tree = _git(checkout, "rev-parse", "--verify", "HEAD^{tree}")
+    status = _git(checkout, "status", "--porcelain")
+    if commit is None or tree is None or status is None:
+        return None
+    return {"type": "git", "commit": commit, "tree": tree, "dirty": bool(status)}
+
+
+def read_sources(path: Path) -> list[dcbor.Value]:
+    """Parse a step's sources file: JSON Lines of ``{"uri", "sha256", "kind", "via"?, ...}``.
+
+    Raises:
+        CaptureError: unreadable file or a malformed line (named by number).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CaptureError(f"{path}: cannot read sources file: {exc}") from None
+    sources: list[dcbor.Value] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CaptureError(f"{path}:{number}: not JSON: {exc.msg}") from None
+        if not isinstance(obj, dict) or not {"uri", "sha256", "kind"} <= obj.keys() or obj.keys() - _SOURCE_KEYS:
+            raise CaptureError(f"{path}:{number}: a source needs uri, sha256 and kind (optional: via, name, "
+                               f"version, size) and nothing else")
+        entry: dict[str, dcbor.Value] = {}
+        for key, value in obj.items():
+            if key == "sha256":
+                if not isinstance(value, str) or not _HEX64.fullmatch(value):
+                    raise CaptureError(f"{path}:{number}: sha256 must be 64 lowercase hex digits")
+                entry[key] = bytes.fromhex(value)
+            elif key == "size":
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise CaptureError(f"{path}:{number}: size must be a non-negative integer")
+                entry[key] = value
+            else:
+                if not isinstance(value, str):
+                    raise CaptureError(f"{path}:{number}: {key} must be a string")
+                entry[key] = value
+        sources.append(entry)
+    return sources

@@ -1,0 +1,231 @@
+"""Deterministic CBOR (RFC 8949 section 4.2.1) for the record contract, encoder and strict decoder.
+
+The data model is deliberately small: unsigned and negative integers, byte strings, UTF-8 text
+strings, arrays, maps whose keys are all text strings, ``false``/``true``/``null`` and tags
+(:class:`Tag`). Floats, undefined, other simple values, indefinite lengths, non-minimal heads,
+unsorted or duplicate map keys are rejected by the decoder, so every accepted value has exactly
+one encoding. The decoder is written here, not taken from ``cbor2``, so that hostile bytes can
+only ever raise :class:`~asl_capture.errors.CborError` and so that encoding does not depend on the
+``cbor2`` release installed (Debian 12 ships 5.4, PyPI 6.x, and they differ).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Union
+
+from asl_capture.errors import CborError, TruncatedCbor
+
+#: Values this module encodes and decodes.
+Value = Union[int, bytes, str, bool, None, list["Value"], dict[str, "Value"], "Tag"]
+
+MAX_DEPTH = 64
+_U64 = 1 << 64
+
+
+@dataclass(frozen=True, slots=True)
+class Tag:
+    """A CBOR tag (major type 6) around a value."""
+
+    tag: int
+    value: Value
+
+
+def _head(major: int, arg: int, out: bytearray) -> None:
+    mt = major << 5
+    if arg < 24:
+        out.append(mt | arg)
+    elif arg < 0x100:
+        out.append(mt | 24)
+        out.append(arg)
+    elif arg < 0x10000:
+        out.append(mt | 25)
+        out += struct.pack(">H", arg)
+    elif arg < 0x100000000:
+        out.append(mt | 26)
+        out += struct.pack(">I", arg)
+    else:
+        out.append(mt | 27)
+        out += struct.pack(">Q", arg)
+
+
+def _enc(value: Value, out: bytearray, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise CborError("value nested too deeply to encode")
+    # bool before int: bool is a subclass of int.
+    if value is False:
+        out.append(0xF4)
+    elif value is True:
+        out.append(0xF5)
+    elif value is None:
+        out.append(0xF6)
+    elif isinstance(value, int):
+        if 0 <= value < _U64:
+            _head(0, value, out)
+        elif -_U64 <= value < 0:
+            _head(1, -1 - value, out)
+        else:
+            raise CborError(f"integer {value} outside the 64-bit CBOR range")
+    elif isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+        _head(2, len(raw), out)
+        out += raw
+    elif isinstance(value, str):
+        try:
+            raw = value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CborError("text is not encodable as UTF-8") from None
+        _head(3, len(raw), out)
+        out += raw
+    elif isinstance(value, list | tuple):
+        _head(4, len(value), out)
+        for item in value:
+            _enc(item, out, depth + 1)
+    elif isinstance(value, dict):
+        items: list[tuple[bytes, Value]] = []
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise CborError(f"map key {key!r} is not a text string")
+            try:
+                raw_key = key.encode("utf-8")
+            except UnicodeEncodeError:
+                raise CborError("map key is not encodable as UTF-8") from None
+            items.append((raw_key, item))
+        # RFC 8949 4.2.1: bytewise order of the encoded keys; for text keys, that is
+        # shorter first, then bytewise.
+        items.sort(key=lambda kv: (len(kv[0]), kv[0]))
+        _head(5, len(items), out)
+        for raw_key, item in items:
+            _head(3, len(raw_key), out)
+            out += raw_key
+            _enc(item, out, depth + 1)
+    elif isinstance(value, Tag):
+        if not 0 <= value.tag < _U64:
+            raise CborError(f"tag {value.tag} outside the 64-bit range")
+        _head(6, value.tag, out)
+        _enc(value.value, out, depth + 1)
+    else:
+        raise CborError(f"cannot encode a {type(value).__name__} in deterministic CBOR")
+
+
+def encode(value: Value) -> bytes:
+    """Return the one deterministic encoding of ``value``.
+
+    Raises:
+        CborError: the value is outside the data model (float, non-text map key, ...).
+    """
+    out = bytearray()
+    _enc(value, out, 0)
+    return bytes(out)
+
+
+def _arg(data: bytes, pos: int, info: int, start: int) -> tuple[int, int]:
+    """Read the argument of a head whose first byte is at ``start``; return (arg, next pos)."""
+    if info < 24:
+        return info, pos
+    if info > 27:
+        if info == 31:
+            raise CborError("indefinite length is not deterministic CBOR", offset=start)
+        raise CborError(f"reserved additional information {info}", offset=start)
+    size = 1 << (info - 24)
+    end = pos + size
+    if end > len(data):
+        raise TruncatedCbor("input ends inside an item head", offset=start)
+    arg = int.from_bytes(data[pos:end], "big")
+    minimum = 24 if size == 1 else 1 << (4 * size)  # smallest value that needs this width
+    if arg < minimum:
+        raise CborError("integer or length not in its shortest form", offset=start)
+    return arg, end
+
+
+def _dec(data: bytes, pos: int, depth: int, tags: frozenset[int]) -> tuple[Value, int]:
+    if depth > MAX_DEPTH:
+        raise CborError("nesting deeper than the limit", offset=pos)
+    if pos >= len(data):
+        raise TruncatedCbor("input ends where an item should start", offset=pos)
+    start = pos
+    initial = data[pos]
+    major, info = initial >> 5, initial & 0x1F
+    pos += 1
+    if major == 7:
+        if info == 20:
+            return False, pos
+        if info == 21:
+            return True, pos
+        if info == 22:
+            return None, pos
+        if info in (25, 26, 27):
+            raise CborError("floating-point values are not allowed", offset=start)
+        raise CborError(f"simple value {info} is not allowed", offset=start)
+    arg, pos = _arg(data, pos, info, start)
+    if major == 0:
+        return arg, pos
+    if major == 1:
+        return -1 - arg, pos
+    if major in (2, 3):
+        end = pos + arg
+        if end > len(data):
+            raise TruncatedCbor("input ends inside a string", offset=start)
+        raw = data[pos:end]
+        if major == 2:
+            return raw, end
+        try:
+            return raw.decode("utf-8"), end
+        except UnicodeDecodeError:
+            raise CborError("text string is not valid UTF-8", offset=start) from None
+    if major == 4:
+        if arg > len(data) - pos:  # every item takes at least one byte
+            raise TruncatedCbor("array longer than the remaining input", offset=start)
+        items: list[Value] = []
+        for _ in range(arg):
+            item, pos = _dec(data, pos, depth + 1, tags)
+            items.append(item)
+        return items, pos
+    if major == 5:
+        if 2 * arg > len(data) - pos:
+            raise TruncatedCbor("map longer than the remaining input", offset=start)
+        result: dict[str, Value] = {}
+        previous = b""
+        for index in range(arg):
+            key_start = pos
+            if pos < len(data) and data[pos] >> 5 != 3:
+                raise CborError("map key is not a text string", offset=pos)
+            key, pos = _dec(data, pos, depth + 1, tags)
+            encoded_key = data[key_start:pos]
+            if index and (len(encoded_key), encoded_key) <= (len(previous), previous):
+                raise CborError("map keys not in deterministic order or duplicated", offset=key_start)
+            previous = encoded_key
+            assert isinstance(key, str)
+            result[key], pos = _dec(data, pos, depth + 1, tags)
+        return result, pos
+    # major == 6
+    if arg not in tags:
+        raise CborError(f"tag {arg} is not allowed here", offset=start)
+    inner, pos = _dec(data, pos, depth + 1, tags)
+    return Tag(arg, inner), pos
+
+
+def decode_item(data: bytes, offset: int = 0, *, tags: frozenset[int] = frozenset()) -> tuple[Value, int]:
+    """Decode one item of a CBOR sequence starting at ``offset``; return it and its end offset.
+
+    Raises:
+        TruncatedCbor: the input ends inside the item.
+        CborError: the item is not deterministic CBOR of the data model, or uses a tag not in ``tags``.
+    """
+    try:
+        return _dec(data, offset, 0, tags)
+    except RecursionError:
+        raise CborError("nesting too deep", offset=offset) from None
+
+
+def decode(data: bytes, *, tags: frozenset[int] = frozenset()) -> Value:
+    """Decode bytes that must hold exactly one deterministic CBOR item.
+
+    Raises:
+        CborError: as :func:`decode_item`, or bytes follow the item.
+    """
+    value, end = decode_item(data, 0, tags=tags)
+    if end != len(data):
+        raise CborError(f"{len(data) - end} trailing byte(s) after the item", offset=end)
+    return value

@@ -1,0 +1,88 @@
+"""The project's exception hierarchy: one base, specific subclasses.
+
+The command-line tools catch :class:`AslError` in one place, print ``ClassName: message`` and map
+the class to an exit code through :attr:`AslError.exit_code` (1 = verification failed, 2 = usage or
+unreadable input).
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class AslError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    exit_code: int = EXIT_USAGE
+
+
+class UsageError(AslError):
+    """The command line or a configuration value is wrong."""
+
+
+class CborError(AslError):
+    """Bytes are not the deterministic CBOR this format requires."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, *, offset: int | None = None) -> None:
+        super().__init__(message if offset is None else f"{message} at byte {offset}")
+        self.offset = offset
+
+
+class TruncatedCbor(CborError):
+    """The input ended inside a CBOR item."""
+
+
+class KeyFileError(AslError):
+    """A key file is missing, unreadable, malformed, too permissive or wrongly encrypted."""
+
+
+class StoreError(AslError):
+    """The provenance directory or its object store cannot be used."""
+
+
+class ChainError(AslError):
+    """The chain file cannot be read or appended to."""
+
+
+class TornTailError(ChainError):
+    """The chain ends with a partial record (a crash while appending)."""
+
+    def __init__(self, path: str, *, offset: int, length: int, records: int) -> None:
+        super().__init__(
+            f"{path}: torn tail of {length} bytes at byte offset {offset} after {records} whole "
+            f"record(s); run 'asl-chain repair' to truncate it"
+        )
+        self.offset = offset
+        self.length = length
+        self.records = records
+
+
+class CaptureError(AslError):
+    """A step could not be captured (a snapshot failed, an input is unreadable)."""
+
+
+class SnapshotError(CaptureError):
+    """A tree could not be snapshotted: unreadable file, permission error, unstable file."""
+
+
+class VerificationError(AslError):
+    """A verification check failed; names the record and the check."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, *, check: str = "", record: int | None = None) -> None:
+        where = f"record {record}: " if record is not None else ""
+        label = f"[{check}] " if check else ""
+        super().__init__(f"{label}{where}{message}")
+        self.check = check
+        self.record = record
+
+
+class RecordWriteError(AslError):
+    """The command ran but its record could not be appended (the chain is unchanged)."""
+
+    exit_code = 125

@@ -1,0 +1,235 @@
+"""Ed25519 key files: generation, loading with permission checks, key ids, trust roots.
+
+Private keys are PKCS#8 PEM (encrypted when a passphrase is given), created mode 0600 and refused
+when group or others have any permission on them. Public keys are SubjectPublicKeyInfo PEM. Keys
+made by ``openssl genpkey -algorithm ed25519`` load too. Passphrases come from a file or the
+``ASL_KEY_PASSPHRASE`` environment variable, never from the command line.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from asl_capture.cose import key_id
+from asl_capture.errors import KeyFileError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+PASSPHRASE_ENV = "ASL_KEY_PASSPHRASE"
+
+
+@dataclass(frozen=True, slots=True)
+class Signer:
+    """A loaded private key and its key id. Its ``repr`` never shows key material."""
+
+    private_key: Ed25519PrivateKey
+    kid: bytes
+    path: Path
+
+    def __repr__(self) -> str:
+        return f"Signer(kid={self.kid.hex()}, path={str(self.path)!r})"
+
+
+def _raw_public(public_key: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def public_key_id(public_key: Ed25519PublicKey) -> bytes:
+    """Key id of a public key: SHA-256 of its raw 32 bytes."""
+    return key_id(_raw_public(public_key))
+
+
+def read_passphrase(*, passphrase_file: Path | None, environ: Mapping[str, str]) -> bytes | None:
+    """The passphrase from ``passphrase_file`` (first line) or ``$ASL_KEY_PASSPHRASE``, or None.
+
+    Raises:
+        KeyFileError: the passphrase file cannot be read or is empty.
+    """
+    if passphrase_file is not None:
+        try:
+            data = passphrase_file.read_bytes()
+        except OSError as exc:
+            raise KeyFileError(f"{passphrase_file}: cannot read passphrase file: {exc.strerror}") from None
+        line = data.split(b"\n", 1)[0].rstrip(b"\r")
+        if not line:
+            raise KeyFileError(f"{passphrase_file}: passphrase file is empty")
+        return line
+    value = environ.get(PASSPHRASE_ENV)
+    return value.encode("utf-8") if value else None
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    except FileExistsError:
+        raise KeyFileError(f"{path}: already exists; refusing to overwrite a key") from None
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot create: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, mode)  # the umask must not widen or narrow what we promise
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def generate(name: str, *, directory: Path, passphrase: bytes | None = None) -> tuple[Path, Path, bytes]:
+    """Create ``NAME.key`` (0600) and ``NAME.pub`` in ``directory``; return both paths and the key id.
+
+    Raises:
+        KeyFileError: a bad name, an existing file, or the directory cannot be written.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    if not name or "/" in name or name.startswith("."):
+        raise KeyFileError(f"invalid key name {name!r}: a plain file name is required")
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise KeyFileError(f"{directory}: cannot create key directory: {exc.strerror}") from None
+    key = Ed25519PrivateKey.generate()
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+    )
+    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    key_path, pub_path = directory / f"{name}.key", directory / f"{name}.pub"
+    if pub_path.exists():
+        raise KeyFileError(f"{pub_path}: already exists; refusing to overwrite a key")
+    _write_new(key_path, private_pem, 0o600)
+    _write_new(pub_path, public_pem, 0o644)
+    return key_path, pub_path, public_key_id(key.public_key())
+
+
+def _read_key_file(path: Path, *, private: bool) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise KeyFileError(f"{path}: key file not found") from None
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot open key file: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        st = os.fstat(handle.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"{path}: not a regular file")
+        if private and st.st_mode & 0o077:
+            raise KeyFileError(
+                f"{path}: private key is accessible by group or others "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}); run 'chmod 600 {path}'"
+            )
+        if st.st_size > 64 * 1024:
+            raise KeyFileError(f"{path}: too large to be a key file")
+        return handle.read()
+
+
+def load_signer(path: Path, *, passphrase: bytes | None = None) -> Signer:
+    """Load an Ed25519 private key (PKCS#8 PEM, or DER) for signing.
+
+    Raises:
+        KeyFileError: missing, too permissive, not Ed25519, encrypted without a passphrase, or a wrong
+            passphrase.
+    """
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    data = _read_key_file(path, private=True)
+    loader = serialization.load_pem_private_key if data.lstrip().startswith(b"-----") else (
+        serialization.load_der_private_key
+    )
+    try:
+        key = loader(data, password=passphrase)
+    except TypeError:
+        if passphrase is None:
+            raise KeyFileError(
+                f"{path}: key is encrypted; give its passphrase with --passphrase-file or ${PASSPHRASE_ENV}"
+            ) from None
+        raise KeyFileError(f"{path}: key is not encrypted but a passphrase was given") from None
+    except (ValueError, UnsupportedAlgorithm):
+        hint = "wrong passphrase or " if passphrase is not None else ""
+        raise KeyFileError(f"{path}: cannot load private key ({hint}not a PKCS#8 Ed25519 key)") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{path}: not an Ed25519 private key")
+    return Signer(private_key=key, kid=public_key_id(key.public_key()), path=path)
+
+
+def load_public(path: Path) -> Ed25519PublicKey:
+    """Load an Ed25519 public key (SubjectPublicKeyInfo PEM or DER).
+
+    Raises:
+        KeyFileError: missing, unreadable, or not an Ed25519 public key.
+    """
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    data = _read_key_file(path, private=False)
+    try:
+        if data.lstrip().startswith(b"-----"):
+            key = serialization.load_pem_public_key(data)
+        else:
+            key = serialization.load_der_public_key(data)
+    except (ValueError, UnsupportedAlgorithm):
+        raise KeyFileError(f"{path}: not a SubjectPublicKeyInfo public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyFileError(f"{path}: not an Ed25519 public key")
+    return key
+
+
+def load_trust(paths: Sequence[Path]) -> dict[bytes, Ed25519PublicKey]:
+    """Trusted keys by key id, from ``*.pub`` files and directories holding them.
+
+    Raises:
+        KeyFileError: no path given, a directory with no ``*.pub``, or an unloadable key.
+    """
+    trusted: dict[bytes, Ed25519PublicKey] = {}
+    if not paths:
+        raise KeyFileError("no trusted key given (--trust PUB_OR_DIR)")
+    for path in paths:
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix == ".pub" and p.is_file())
+            if not files:
+                raise KeyFileError(f"{path}: no *.pub trusted keys in this directory")
+        else:
+            files = [path]
+        for file in files:
+            key = load_public(file)
+            trusted[public_key_id(key)] = key
+    return trusted
+
+
+def dev_key_path(environ: Mapping[str, str]) -> Path:
+    """Where the per-user development key lives: ``$XDG_CONFIG_HOME/asl-capture/dev.key``."""
+    base = environ.get("XDG_CONFIG_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".config")
+    return Path(base) / "asl-capture" / "dev.key"
+
+
+def ensure_dev_key(environ: Mapping[str, str]) -> tuple[Path, bytes | None]:
+    """Return the development key path, creating it (0600) on first use.
+
+    The second element is the new key's id when it was just created, else None.
+
+    Raises:
+        KeyFileError: the key cannot be created.
+    """
+    path = dev_key_path(environ)
+    if path.exists():
+        return path, None
+    try:
+        _, _, kid = generate("dev", directory=path.parent)
+    except KeyFileError:
+        if path.exists():  # a concurrent first use created it
+            return path, None
+        raise
+    return path, kid

@@ -1,0 +1,273 @@
+"""Tree manifests: a deterministic record of files, directories and symlinks from an ``lstat`` walk.
+
+A manifest lists, sorted by the raw bytes of the path, one entry per path under its roots:
+``[path, kind, mode, size, extra]`` where ``kind`` is ``f`` (file; ``extra`` = SHA-256), ``d``
+(directory), ``l`` (symlink; ``extra`` = target), ``c``/``b`` (device; ``extra`` = rdev), ``p``
+(fifo) or ``s`` (socket). Symlinks are never followed and nothing outside the roots is read.
+Paths are relative to the capture's base directory (``/``-separated) or absolute when a root lies
+outside it; a path that is not valid UTF-8 is kept as a byte string.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import stat
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from asl_capture import dcbor
+from asl_capture.errors import CborError, SnapshotError
+from asl_capture.hashing import Hasher
+
+MANIFEST_VERSION = 1
+
+
+class Entry(NamedTuple):
+    """One path of a manifest. ``extra``: digest (file), target (symlink), rdev (device) or None."""
+
+    path: bytes
+    kind: str
+    mode: int
+    size: int
+    extra: bytes | int | None
+
+    def to_value(self) -> list[dcbor.Value]:
+        """The CBOR array of this entry (paths and targets as text when valid UTF-8)."""
+        extra: dcbor.Value = self.extra
+        if self.kind == "l" and isinstance(self.extra, bytes):
+            extra = _text_or_bytes(self.extra)
+        return [_text_or_bytes(self.path), self.kind, self.mode, self.size, extra]
+
+
+def _text_or_bytes(raw: bytes) -> str | bytes:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
+def _raw(value: dcbor.Value) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes):
+        return value
+    raise CborError("manifest path is neither text nor bytes")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """An immutable tree manifest. ``encode()`` is deterministic; ``digest`` is its SHA-256."""
+
+    roots: tuple[bytes, ...]
+    entries: tuple[Entry, ...]
+    _encoded: list[bytes] = field(default_factory=list, repr=False, compare=False)
+
+    def encode(self) -> bytes:
+        """The deterministic CBOR of ``{"v": 1, "roots": [...], "entries": [...]}``."""
+        if not self._encoded:
+            self._encoded.append(dcbor.encode({
+                "v": MANIFEST_VERSION,
+                "roots": [_text_or_bytes(r) for r in self.roots],
+                "entries": [e.to_value() for e in self.entries],
+            }))
+        return self._encoded[0]
+
+    @property
+    def digest(self) -> bytes:
+        """SHA-256 of :meth:`encode`."""
+        return hashlib.sha256(self.encode()).digest()
+
+    def by_path(self) -> dict[bytes, Entry]:
+        """Entries keyed by path."""
+        return {e.path: e for e in self.entries}
+
+    @property
+    def files(self) -> int:
+        """How many regular files the manifest lists."""
+        return sum(1 for e in self.entries if e.kind == "f")
+
+    @classmethod
+    def from_cbor(cls, data: bytes) -> Manifest:
+        """Parse an encoded manifest.
+
+        Raises:
+            CborError: not a well-formed version-1 manifest.
+        """
+        value = dcbor.decode(data)
+        if not isinstance(value, dict) or value.get("v") != MANIFEST_VERSION or set(value) != {"v", "roots", "entries"}:
+            raise CborError("not a version-1 tree manifest")
+        roots, raw_entries = value["roots"], value["entries"]
+        if not isinstance(roots, list) or not isinstance(raw_entries, list):
+            raise CborError("manifest roots and entries must be arrays")
+        entries: list[Entry] = []
+        for item in raw_entries:
+            if not isinstance(item, list) or len(item) != 5:
+                raise CborError("manifest entry is not an array of 5")
+            path, kind, mode, size, extra = item
+            if kind not in ("f", "d", "l", "c", "b", "p", "s") or not isinstance(mode, int) or not isinstance(size, int):
+                raise CborError("manifest entry has a bad kind, mode or size")
+            if kind == "l":
+                extra = _raw(extra)
+            if not (extra is None or isinstance(extra, bytes | int)) or isinstance(extra, bool):
+                raise CborError("manifest entry has a bad extra field")
+            entries.append(Entry(_raw(path), str(kind), mode, size, extra))
+        return cls(roots=tuple(_raw(r) for r in roots), entries=tuple(entries))
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What differs between two manifests of the same roots."""
+
+    created: tuple[Entry, ...]
+    modified: tuple[Entry, ...]
+    deleted: tuple[bytes, ...]
+
+    def encode(self) -> bytes:
+        """Deterministic CBOR ``{"v": 1, "created": [...], "modified": [...], "deleted": [...]}``."""
+        return dcbor.encode({
+            "v": MANIFEST_VERSION,
+            "created": [e.to_value() for e in self.created],
+            "modified": [e.to_value() for e in self.modified],
+            "deleted": [_text_or_bytes(p) for p in self.deleted],
+        })
+
+
+def diff(before: Manifest, after: Manifest) -> Changes:
+    """Created, modified (any field differs) and deleted paths from ``before`` to ``after``."""
+    old, new = before.by_path(), after.by_path()
+    created = tuple(e for e in after.entries if e.path not in old)
+    modified = tuple(e for e in after.entries if e.path in old and old[e.path] != e)
+    deleted = tuple(e.path for e in before.entries if e.path not in new)
+    return Changes(created=created, modified=modified, deleted=deleted)
+
+
+def label_for(root: Path, base: Path) -> bytes:
+    """How a root is named in a manifest: relative to ``base`` when inside it, else absolute."""
+    absolute = os.path.abspath(root)
+    base_abs = os.path.abspath(base)
+    if absolute == base_abs:
+        return b"."
+    if absolute.startswith(base_abs.rstrip("/") + "/"):
+        return os.fsencode(os.path.relpath(absolute, base_abs))
+    return os.fsencode(absolute)
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode):
+        return "f"
+    if stat.S_ISDIR(mode):
+        return "d"
+    if stat.S_ISLNK(mode):
+        return "l"
+    if stat.S_ISCHR(mode):
+        return "c"
+    if stat.S_ISBLK(mode):
+        return "b"
+    if stat.S_ISFIFO(mode):
+        return "p"
+    return "s"
+
+
+@dataclass(frozen=True, slots=True)
+class Excluder:
+    """Decides which paths a snapshot skips: glob patterns plus always-excluded absolute paths."""
+
+    patterns: tuple[str, ...] = ()
+    absolute: frozenset[bytes] = frozenset()
+
+    def skip(self, abs_path: bytes, label: bytes, name: bytes) -> bool:
+        """True when the path is excluded (its subtree is then skipped too)."""
+        if abs_path in self.absolute or name == b".git":
+            return True
+        if not self.patterns:
+            return False
+        text_label, text_name = os.fsdecode(label), os.fsdecode(name)
+        return any(fnmatch.fnmatchcase(text_label, p) or fnmatch.fnmatchcase(text_name, p) for p in self.patterns)
+
+
+def _walk(
+    root: bytes, label: bytes, excluder: Excluder
+) -> Iterable[tuple[bytes, bytes, os.stat_result]]:
+    """Yield ``(abs path, label path, lstat)`` for ``root`` and everything under it, never following links."""
+    try:
+        st = os.lstat(root)
+    except OSError as exc:
+        raise SnapshotError(f"{os.fsdecode(root)}: cannot stat: {exc.strerror}") from None
+    yield root, label, st
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    stack = [(root, label)]
+    while stack:
+        directory, dir_label = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                children = list(it)
+        except OSError as exc:
+            raise SnapshotError(f"{os.fsdecode(directory)}: cannot list directory: {exc.strerror}") from None
+        for child in children:
+            name = os.fsencode(child.name)
+            abs_path = os.fsencode(child.path)
+            child_label = name if dir_label == b"." else dir_label + b"/" + name
+            if excluder.skip(abs_path, child_label, name):
+                continue
+            try:
+                cst = child.stat(follow_symlinks=False)
+            except OSError as exc:
+                raise SnapshotError(f"{os.fsdecode(abs_path)}: cannot stat: {exc.strerror}") from None
+            yield abs_path, child_label, cst
+            if stat.S_ISDIR(cst.st_mode):
+                stack.append((abs_path, child_label))
+
+
+def snapshot(
+    roots: Sequence[Path],
+    *,
+    base: Path | None = None,
+    excluder: Excluder | None = None,
+    hasher: Hasher | None = None,
+    progress: Callable[[int], None] | None = None,
+    missing_ok: bool = False,
+) -> Manifest:
+    """Walk ``roots`` with ``lstat`` and return their manifest, hashing regular files.
+
+    With ``missing_ok``, a root that does not exist contributes no entries (an output not made yet).
+
+    Raises:
+        SnapshotError: a root or path cannot be read, or a file changed while being hashed.
+    """
+    base = base if base is not None else Path.cwd()
+    excluder = excluder if excluder is not None else Excluder()
+    hasher = hasher if hasher is not None else Hasher()
+    rows: dict[bytes, tuple[int, os.stat_result, bytes]] = {}
+    labels: list[bytes] = []
+    for root in roots:
+        label = label_for(root, base)
+        labels.append(label)
+        if missing_ok and not os.path.lexists(root):
+            continue
+        for abs_path, path_label, st in _walk(os.fsencode(os.path.abspath(root)), label, excluder):
+            rows[path_label] = (st.st_mode, st, abs_path)
+    files = [(abs_path, st) for (mode, st, abs_path) in rows.values() if stat.S_ISREG(mode)]
+    digests = hasher.hash_many(files, progress=progress)
+    entries: list[Entry] = []
+    for path_label in sorted(rows):
+        mode, st, abs_path = rows[path_label]
+        kind = _kind(mode)
+        extra: bytes | int | None = None
+        size = 0
+        if kind == "f":
+            extra, size = digests[abs_path], st.st_size
+        elif kind == "l":
+            try:
+                extra = os.readlink(abs_path)
+            except OSError as exc:
+                raise SnapshotError(f"{os.fsdecode(abs_path)}: cannot read symlink: {exc.strerror}") from None
+            size = len(extra)
+        elif kind in ("c", "b"):
+            extra = st.st_rdev
+        entries.append(Entry(path_label, kind, stat.S_IMODE(mode), size, extra))
+    return Manifest(roots=tuple(sorted(set(labels))), entries=tuple(entries))
