@@ -24,6 +24,7 @@ from asl_capture.errors import CborError, SnapshotError
 from asl_capture.hashing import Hasher
 
 MANIFEST_VERSION = 1
+KINDS = ("f", "d", "l", "c", "b", "p", "s")
 
 
 class Entry(NamedTuple):
@@ -108,7 +109,7 @@ class Manifest:
             if not isinstance(item, list) or len(item) != 5:
                 raise CborError("manifest entry is not an array of 5")
             path, kind, mode, size, extra = item
-            if kind not in ("f", "d", "l", "c", "b", "p", "s") or not isinstance(mode, int) or not isinstance(size, int):
+            if kind not in KINDS or not isinstance(mode, int) or not isinstance(size, int):
                 raise CborError("manifest entry has a bad kind, mode or size")
             if kind == "l":
                 extra = _raw(extra)

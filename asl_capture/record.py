@@ -8,13 +8,14 @@ decoder errors. See ``docs/FORMAT.md`` for the CDDL.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from asl_capture import dcbor
 from asl_capture.errors import CborError
 
 RECORD_VERSION = 1
 STATUSES = ("ok", "failed", "interrupted")
+_T = TypeVar("_T")
 _REQUIRED = frozenset({
     "v", "chain", "seq", "prev", "id", "parent", "step", "argv", "cwd", "env", "started", "finished",
     "exit", "status", "inputs", "outputs", "stdout", "stderr", "host",
@@ -145,7 +146,7 @@ class StepRecord:
         return cls(body=body)
 
 
-def _as(kind: type[Any], value: dcbor.Value) -> Any:
+def _as(kind: type[_T], value: dcbor.Value) -> _T:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise CborError(f"expected {kind.__name__}, found {type(value).__name__}")
     return value

@@ -133,7 +133,7 @@ def run(
     start_error: str | None = None
     try:
         try:
-            proc = subprocess.Popen(  # noqa: S603 - running the user's command is the point
+            proc = subprocess.Popen(
                 list(argv), stdin=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 env=dict(env), cwd=cwd, process_group=0, close_fds=True,
             )

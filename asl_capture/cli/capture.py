@@ -61,7 +61,7 @@ def cli(step: str | None, provenance: Path | None, key: Path | None, passphrase_
         click.echo(f"{type(exc).__name__}: {exc}", err=True)
         sys.exit(2)
     error = outcome.record.body.get("error")
-    if error:
+    if isinstance(error, str):
         click.echo(f"asl-capture: {error} (recorded as seq {outcome.seq}, status {outcome.record.status})", err=True)
     sys.exit(outcome.exit_code)
 
