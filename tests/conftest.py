@@ -1,0 +1,58 @@
+"""Shared fixtures: real Ed25519 keys generated per test, and a clean environment for the CLIs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from asl_capture.keys import generate
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    key: Path
+    pub: Path
+    kid: bytes
+
+
+@pytest.fixture
+def keypair(tmp_path: Path) -> KeyPair:
+    """A fresh unencrypted Ed25519 key pair in ``tmp_path/keys``."""
+    key, pub, kid = generate("signer", directory=tmp_path / "keys")
+    return KeyPair(key, pub, kid)
+
+
+@pytest.fixture
+def other_keypair(tmp_path: Path) -> KeyPair:
+    """A second, untrusted key pair."""
+    key, pub, kid = generate("other", directory=tmp_path / "other-keys")
+    return KeyPair(key, pub, kid)
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, keypair: KeyPair) -> dict[str, str]:
+    """Environment for running the CLIs: signing key set, config dir isolated, no inherited capture."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASL_")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
+    env["ASL_CAPTURE_KEY"] = str(keypair.key)
+    env["ASL_CAPTURE_DIR"] = str(tmp_path / "prov")
+    return env
+
+
+def cli(tool: str, *args: str | os.PathLike[str], env: dict[str, str], cwd: Path | None = None,
+        stdin: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+    """Run one of the console scripts (as ``python -m``, so no install of the scripts is assumed)."""
+    module = {
+        "asl-capture": "asl_capture.cli.capture",
+        "asl-verify": "asl_capture.cli.verify",
+        "asl-keys": "asl_capture.cli.keys",
+        "asl-chain": "asl_capture.cli.chain",
+    }[tool]
+    argv: Sequence[str | os.PathLike[str]] = [sys.executable, "-m", module, *args]
+    return subprocess.run(argv, env=env, cwd=cwd, input=stdin, capture_output=True, timeout=timeout, check=False)
