@@ -21,7 +21,7 @@ from asl_capture.hashing import Hasher, StatCache
 from asl_capture.keys import Signer, ensure_dev_key, load_signer, read_passphrase
 from asl_capture.manifest import Excluder, Manifest, diff, snapshot
 from asl_capture.record import StepRecord
-from asl_capture.runner import RunResult, run
+from asl_capture.runner import RunResult, release_signals, run
 from asl_capture.store import ObjectStore, ProvenanceDir
 
 ENV_DIR = "ASL_CAPTURE_DIR"
@@ -145,14 +145,35 @@ def capture(config: CaptureConfig, *, notify: Callable[[str], None]) -> CaptureO
     if passphrase_file is not None:
         child_env[ENV_PASSPHRASE_FILE] = str(passphrase_file)
 
-    result = run(config.argv, env=child_env, cwd=cwd, store=store, forward_output=config.forward_output)
+    try:
+        result = run(config.argv, env=child_env, cwd=cwd, store=store, forward_output=config.forward_output)
+        try:
+            return _record(config, prov, signer, store, result, cwd=cwd, take=take, inputs=inputs,
+                           outputs_before=outputs_before, out_roots=out_roots, cache=cache,
+                           sources_stamp=sources_stamp, vcs=vcs, run_id=run_id, parent=parent)
+        except RecordWriteError:
+            raise
+        except AslError as exc:
+            raise RecordWriteError(f"the command ran but its record could not be written: {exc}") from None
+    finally:
+        release_signals()
 
+
+def _record(
+    config: CaptureConfig, prov: ProvenanceDir, signer: Signer, store: ObjectStore, result: RunResult, *,
+    cwd: Path, take: Callable[[list[Path]], Manifest], inputs: Manifest, outputs_before: Manifest,
+    out_roots: list[Path], cache: StatCache, sources_stamp: tuple[int, int, int] | None,
+    vcs: dict[str, dcbor.Value] | None, run_id: bytes, parent: bytes | None,
+) -> CaptureOutcome:
+    """After the command ran: snapshot outputs, store objects, sign and append the record."""
     errors: list[str] = []
     if result.start_error:
         errors.append(result.start_error)
     outputs_after = outputs_before
     try:
         outputs_after = take(out_roots)
+        if outputs_after == outputs_before:  # unchanged: reuse its encoding rather than redo it
+            outputs_after = outputs_before
     except AslError as exc:
         errors.append(f"output snapshot failed: {exc}")
     sources: list[dcbor.Value] | None = None

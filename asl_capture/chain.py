@@ -13,7 +13,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from asl_capture import cose, dcbor
@@ -27,10 +27,11 @@ _TAGS = frozenset({cose.COSE_SIGN1_TAG})
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One whole chain item: its offset and its exact bytes."""
+    """One whole chain item: its offset, its exact bytes and (when split from a chain) its decoded value."""
 
     offset: int
     raw: bytes
+    value: dcbor.Value = field(default=None, compare=False, repr=False)
 
     @property
     def digest(self) -> bytes:
@@ -57,14 +58,35 @@ def split(data: bytes, *, start: int = 0, name: str = "chain") -> Scan:
     pos, size = start, len(data)
     while pos < size:
         try:
-            _, end = dcbor.decode_item(data, pos, tags=_TAGS)
+            value, end = dcbor.decode_item(data, pos, tags=_TAGS)
         except TruncatedCbor:
+            resume = _next_whole_message(data, pos + 1)
+            if resume is not None:  # not a crash mid-append: a damaged item with whole records after it
+                raise ChainError(f"{name}: item {len(items)} at byte offset {pos} is malformed: it runs past the "
+                                 f"end of the chain, yet a whole record starts at byte offset {resume}") from None
             return Scan(items=tuple(items), torn=(pos, size - pos), size=size)
         except CborError as exc:
             raise ChainError(f"{name}: item {len(items)} at byte offset {pos} is malformed: {exc}") from None
-        items.append(Item(pos, data[pos:end]))
+        items.append(Item(pos, data[pos:end], value))
         pos = end
     return Scan(items=tuple(items), torn=None, size=size)
+
+
+def _next_whole_message(data: bytes, start: int) -> int | None:
+    """Offset of the first whole, well-formed COSE_Sign1 message at or after ``start``, if any.
+
+    A crash leaves at most a prefix of one record at the end; a "torn tail" holding a whole record
+    is a damaged length field earlier on, and must not be truncated away.
+    """
+    pos = data.find(b"\xd2\x84", start)
+    while pos >= 0:
+        try:
+            cose.parse(dcbor.decode_item(data, pos, tags=_TAGS)[0])
+        except AslError:
+            pos = data.find(b"\xd2\x84", pos + 1)
+            continue
+        return pos
+    return None
 
 
 def read(path: Path) -> Scan:

@@ -44,11 +44,18 @@ def sig_structure(protected: bytes, payload: bytes) -> bytes:
     return dcbor.encode(["Signature1", protected, b"", payload])
 
 
+def raw_public_bytes(public_key: Ed25519PublicKey) -> bytes:
+    """The raw 32-byte form of an Ed25519 public key."""
+    try:  # the private module avoids importing the PEM/DER loaders (tens of ms at start-up)
+        from cryptography.hazmat.primitives._serialization import Encoding, PublicFormat
+    except ImportError:  # pragma: no cover - a cryptography release without it
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    return public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
 def sign(payload: bytes, private_key: Ed25519PrivateKey, *, content_type: str = STEP_CONTENT_TYPE) -> bytes:
     """Return the encoded, tagged COSE_Sign1 message carrying ``payload``."""
-    from cryptography.hazmat.primitives import serialization
-
-    raw = private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    raw = raw_public_bytes(private_key.public_key())
     protected = protected_header(key_id(raw), content_type)
     signature = private_key.sign(sig_structure(protected, payload))
     return dcbor.encode(dcbor.Tag(COSE_SIGN1_TAG, [protected, {}, payload, signature]))

@@ -12,6 +12,7 @@ only ever raise :class:`~asl_capture.errors.CborError` and so that encoding does
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Union
 
@@ -139,71 +140,80 @@ def _arg(data: bytes, pos: int, info: int, start: int) -> tuple[int, int]:
     return arg, end
 
 
-def _dec(data: bytes, pos: int, depth: int, tags: frozenset[int]) -> tuple[Value, int]:
-    if depth > MAX_DEPTH:
-        raise CborError("nesting deeper than the limit", offset=pos)
-    if pos >= len(data):
-        raise TruncatedCbor("input ends where an item should start", offset=pos)
-    start = pos
-    initial = data[pos]
-    major, info = initial >> 5, initial & 0x1F
-    pos += 1
-    if major == 7:
-        if info == 20:
-            return False, pos
-        if info == 21:
-            return True, pos
-        if info == 22:
-            return None, pos
-        if info in (25, 26, 27):
-            raise CborError("floating-point values are not allowed", offset=start)
-        raise CborError(f"simple value {info} is not allowed", offset=start)
-    arg, pos = _arg(data, pos, info, start)
-    if major == 0:
-        return arg, pos
-    if major == 1:
-        return -1 - arg, pos
-    if major in (2, 3):
-        end = pos + arg
-        if end > len(data):
-            raise TruncatedCbor("input ends inside a string", offset=start)
-        raw = data[pos:end]
-        if major == 2:
-            return raw, end
-        try:
-            return raw.decode("utf-8"), end
-        except UnicodeDecodeError:
-            raise CborError("text string is not valid UTF-8", offset=start) from None
-    if major == 4:
-        if arg > len(data) - pos:  # every item takes at least one byte
-            raise TruncatedCbor("array longer than the remaining input", offset=start)
-        items: list[Value] = []
-        for _ in range(arg):
-            item, pos = _dec(data, pos, depth + 1, tags)
-            items.append(item)
-        return items, pos
-    if major == 5:
-        if 2 * arg > len(data) - pos:
-            raise TruncatedCbor("map longer than the remaining input", offset=start)
-        result: dict[str, Value] = {}
-        previous = b""
-        for index in range(arg):
-            key_start = pos
-            if pos < len(data) and data[pos] >> 5 != 3:
-                raise CborError("map key is not a text string", offset=pos)
-            key, pos = _dec(data, pos, depth + 1, tags)
-            encoded_key = data[key_start:pos]
-            if index and (len(encoded_key), encoded_key) <= (len(previous), previous):
-                raise CborError("map keys not in deterministic order or duplicated", offset=key_start)
-            previous = encoded_key
-            assert isinstance(key, str)
-            result[key], pos = _dec(data, pos, depth + 1, tags)
-        return result, pos
-    # major == 6
-    if arg not in tags:
-        raise CborError(f"tag {arg} is not allowed here", offset=start)
-    inner, pos = _dec(data, pos, depth + 1, tags)
-    return Tag(arg, inner), pos
+def _decoder(data: bytes, tags: frozenset[int]) -> Callable[[int, int], tuple[Value, int]]:
+    """A decoding function bound to ``data`` (closures keep the hot path free of attribute look-ups)."""
+    size = len(data)
+
+    def dec(pos: int, depth: int) -> tuple[Value, int]:
+        if pos >= size:
+            raise TruncatedCbor("input ends where an item should start", offset=pos)
+        start = pos
+        initial = data[pos]
+        major, info = initial >> 5, initial & 0x1F
+        pos += 1
+        if major == 7:
+            if info == 20:
+                return False, pos
+            if info == 21:
+                return True, pos
+            if info == 22:
+                return None, pos
+            if info in (25, 26, 27):
+                raise CborError("floating-point values are not allowed", offset=start)
+            raise CborError(f"simple value {info} is not allowed", offset=start)
+        if info < 24:
+            arg = info
+        else:
+            arg, pos = _arg(data, pos, info, start)
+        if major == 0:
+            return arg, pos
+        if major in (2, 3):
+            end = pos + arg
+            if end > size:
+                raise TruncatedCbor("input ends inside a string", offset=start)
+            if major == 2:
+                return data[pos:end], end
+            try:
+                return data[pos:end].decode("utf-8"), end
+            except UnicodeDecodeError:
+                raise CborError("text string is not valid UTF-8", offset=start) from None
+        if major == 1:
+            return -1 - arg, pos
+        if depth >= MAX_DEPTH and (arg or major == 6):  # its first child would be too deep
+            raise CborError("nesting deeper than the limit", offset=pos)
+        if major == 4:
+            if arg > size - pos:  # every item takes at least one byte
+                raise TruncatedCbor("array longer than the remaining input", offset=start)
+            items: list[Value] = []
+            append = items.append
+            for _ in range(arg):
+                item, pos = dec(pos, depth + 1)
+                append(item)
+            return items, pos
+        if major == 5:
+            if 2 * arg > size - pos:
+                raise TruncatedCbor("map longer than the remaining input", offset=start)
+            result: dict[str, Value] = {}
+            previous = b""
+            for _ in range(arg):
+                key_start = pos
+                if pos < size and data[pos] >> 5 != 3:
+                    raise CborError("map key is not a text string", offset=pos)
+                key, pos = dec(pos, depth + 1)
+                # RFC 8949 4.2.1: keys sorted by their encoded bytes, no duplicates
+                encoded_key = data[key_start:pos]
+                if encoded_key <= previous:
+                    raise CborError("map keys not in deterministic order or duplicated", offset=key_start)
+                previous = encoded_key
+                result[key], pos = dec(pos, depth + 1)  # type: ignore[index]
+            return result, pos
+        # major == 6
+        if arg not in tags:
+            raise CborError(f"tag {arg} is not allowed here", offset=start)
+        inner, pos = dec(pos, depth + 1)
+        return Tag(arg, inner), pos
+
+    return dec
 
 
 def decode_item(data: bytes, offset: int = 0, *, tags: frozenset[int] = frozenset()) -> tuple[Value, int]:
@@ -214,7 +224,7 @@ def decode_item(data: bytes, offset: int = 0, *, tags: frozenset[int] = frozense
         CborError: the item is not deterministic CBOR of the data model, or uses a tag not in ``tags``.
     """
     try:
-        return _dec(data, offset, 0, tags)
+        return _decoder(data, tags)(offset, 0)
     except RecursionError:
         raise CborError("nesting too deep", offset=offset) from None
 

@@ -1,35 +1,59 @@
-"""File hashing: streaming SHA-256 in parallel across the available cores, with a safe stat cache.
+"""File hashing: SHA-256 in parallel across the available cores, with a safe stat cache.
 
-Threads do the work: ``hashlib`` and ``os.readv`` release the GIL on large buffers, so hashing
-scales across cores while the walk stays in one thread. A file is hashed between two ``fstat``
-calls; if it changed while being read, it is read again, and a file that never holds still is an
-error naming it. The :class:`StatCache` only skips reading a file whose device, inode, size, mode,
-mtime and ctime all equal what they were when it was hashed *and* whose mtime and ctime were older
-than that hash by more than :data:`RACY_NS` (the way git treats "racily clean" index entries), so
-it never yields a stale digest for content changed within a timestamp tick.
+Work is spread over ``os.sched_getaffinity`` cores by forking helper processes (on Linux) that
+share the already-walked file list copy-on-write and write their digests into a shared anonymous
+``mmap``; chunks of work are handed out through a pipe, so fast workers take more. Processes, not
+threads: for trees of many small files the per-file Python work would otherwise serialise on the
+GIL. A small file is read with one ``read`` call; a large one streams through a 1 MiB buffer.
+
+A file is trusted only if its ``fstat`` after reading matches the ``lstat`` of the walk (device,
+inode, size, mtime, ctime) and the byte count read equals its size. A file whose metadata changed
+after it was listed is an error naming it (its listed size would not match its digest); one whose
+byte count alone disagrees (a change within one timestamp tick) is read again, a few times.
+
+The :class:`StatCache` only skips reading a file whose device, inode, size, mode, mtime and ctime
+all equal what they were when it was hashed *and* whose mtime and ctime were older than the start
+of that hashing by more than :data:`RACY_NS` (git's "racily clean" rule), so content changed within
+a timestamp tick of being hashed is always read again. It never yields a stale digest.
 """
 
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import stat
 import struct
-import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from asl_capture.errors import SnapshotError
 
 BUFFER_SIZE = 1 << 20
 #: An entry is trusted only when the file's mtime and ctime precede its hashing by this much.
 RACY_NS = 2_000_000_000
+#: Snapshots shorter than this (seconds) never report progress.
+PROGRESS_AFTER = 1.0
+_PROGRESS_EVERY = 0.25
 _MAX_ATTEMPTS = 3
-_CACHE_MAGIC = b"ASLSTAT1"
-_ENTRY = struct.Struct("<QQQqqIq32sH")
+_CACHE_MAGIC = b"ASLSTAT2"
+#: dev, ino, size, mtime_ns, ctime_ns, mode, hashed_at, digest, path offset, path length
+_ENTRY = struct.Struct("<QQQqqIq32sII")
+_COUNT = struct.Struct("<Q")
+#: Below this much work, hashing stays in the calling process.
+_PARALLEL_MIN_FILES = 128
+_PARALLEL_MIN_BYTES = 32 << 20
+_CHUNK_FILES = 48
+_CHUNK_BYTES = 4 << 20
+#: Per-slot layout of the shared result area: status byte, 32-byte digest.
+_SLOT = 33
+_OK, _FAILED = 1, 2
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
+
+#: A cache record: (dev, ino, size, mtime_ns, ctime_ns, mode, hashed_at, digest, ...).
+CacheRecord = tuple[Any, ...]
 
 
 def available_cpus() -> int:
@@ -40,122 +64,142 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-@dataclass(frozen=True, slots=True)
-class CacheEntry:
-    """What the cache knows about one path: its stat identity and digest at ``hashed_at`` (ns)."""
-
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    mode: int
-    hashed_at: int
-    digest: bytes
-
-
-def _identity(st: os.stat_result) -> tuple[int, int, int, int, int, int]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
-
-
 class StatCache:
     """Path -> digest cache keyed on stat identity; persisted in the provenance directory.
 
     Loading a missing or corrupt file gives an empty cache: the cache is only an optimisation.
     Saving writes a new file and renames it into place, so concurrent captures never see a torn
-    cache; the last writer wins, which loses entries but never correctness.
+    cache; the last writer wins, which loses entries but never correctness (every entry carries
+    the identity it is valid for).
     """
 
-    def __init__(self, entries: dict[bytes, CacheEntry] | None = None) -> None:
-        self._entries: dict[bytes, CacheEntry] = entries if entries is not None else {}
-        self._lock = threading.Lock()
+    def __init__(self, entries: dict[bytes, CacheRecord] | None = None) -> None:
+        self._entries: dict[bytes, CacheRecord] = entries if entries is not None else {}
         self.hits = 0
         self.misses = 0
+        self.dirty = False
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def lookup(self, path: bytes, st: os.stat_result) -> bytes | None:
         """The cached digest of ``path`` if ``st`` proves it unchanged since a non-racy hash."""
-        entry = self._entries.get(path)
+        e = self._entries.get(path)
         if (
-            entry is not None
-            and (entry.dev, entry.ino, entry.size, entry.mtime_ns, entry.ctime_ns, entry.mode) == _identity(st)
-            and max(entry.mtime_ns, entry.ctime_ns) + RACY_NS < entry.hashed_at
+            e is not None
+            and e[3] == st.st_mtime_ns
+            and e[4] == st.st_ctime_ns
+            and e[2] == st.st_size
+            and e[1] == st.st_ino
+            and e[0] == st.st_dev
+            and e[5] == st.st_mode
+            and max(e[3], e[4]) + RACY_NS < e[6]
         ):
             self.hits += 1
-            return entry.digest
+            digest: bytes = e[7]
+            return digest
         self.misses += 1
         return None
 
     def store(self, path: bytes, st: os.stat_result, digest: bytes, hashed_at: int) -> None:
-        """Remember the digest of ``path`` whose stat was ``st`` when hashing began at ``hashed_at``."""
-        entry = CacheEntry(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode,
-                           hashed_at, digest)
-        with self._lock:
-            self._entries[path] = entry
+        """Remember the digest of ``path`` whose stat was ``st`` when hashing began at ``hashed_at`` (ns)."""
+        self._entries[path] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode,
+                               hashed_at, digest)
+        self.dirty = True
 
     @classmethod
     def load(cls, path: Path) -> StatCache:
-        """Read a cache file; an absent, unreadable or corrupt one yields an empty cache."""
+        """Read a cache file; an absent, unreadable, truncated or corrupt one yields an empty cache."""
         try:
             data = path.read_bytes()
         except OSError:
             return cls()
-        body = data[len(_CACHE_MAGIC) : -32]
-        if not data.startswith(_CACHE_MAGIC) or len(data) < len(_CACHE_MAGIC) + 32:
+        head = len(_CACHE_MAGIC) + _COUNT.size
+        if len(data) < head + 32 or not data.startswith(_CACHE_MAGIC):
             return cls()
-        if hashlib.sha256(body).digest() != data[-32:]:
+        if hashlib.sha256(memoryview(data)[:-32]).digest() != data[-32:]:
             return cls()
-        entries: dict[bytes, CacheEntry] = {}
-        pos, size = 0, len(body)
+        (count,) = _COUNT.unpack_from(data, len(_CACHE_MAGIC))
+        table_end = head + count * _ENTRY.size
+        if table_end > len(data) - 32:
+            return cls()
+        blob = data[table_end:-32]
         try:
-            while pos < size:
-                dev, ino, fsize, mtime, ctime, mode, hashed_at, digest, plen = _ENTRY.unpack_from(body, pos)
-                pos += _ENTRY.size
-                entries[body[pos : pos + plen]] = CacheEntry(dev, ino, fsize, mtime, ctime, mode, hashed_at, digest)
-                pos += plen
+            entries = {blob[r[8] : r[8] + r[9]]: r for r in _ENTRY.iter_unpack(memoryview(data)[head:table_end])}
         except struct.error:
             return cls()
         return cls(entries)
 
     def save(self, path: Path) -> None:
-        """Write the cache atomically (temporary file, fsync, rename). Errors are ignored."""
-        parts = [_CACHE_MAGIC]
-        body = bytearray()
-        with self._lock:
-            items = list(self._entries.items())
-        for name, e in items:
-            if len(name) > 0xFFFF:
-                continue
-            body += _ENTRY.pack(e.dev, e.ino, e.size, e.mtime_ns, e.ctime_ns, e.mode, e.hashed_at, e.digest,
-                                len(name))
-            body += name
-        parts += [bytes(body), hashlib.sha256(body).digest()]
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        """Write the cache atomically (temporary file, rename) if it changed. Errors are ignored."""
+        if not self.dirty:
+            return
+        pack = _ENTRY.pack
+        table: list[bytes] = []
+        names: list[bytes] = []
+        offset = 0
+        for name, e in self._entries.items():
+            table.append(pack(e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7], offset, len(name)))
+            names.append(name)
+            offset += len(name)
+        body = b"".join([_CACHE_MAGIC, _COUNT.pack(len(table)), *table, *names])
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             with open(tmp, "wb") as handle:
-                handle.write(b"".join(parts))
-                handle.flush()
-                os.fsync(handle.fileno())
+                handle.write(body)
+                handle.write(hashlib.sha256(body).digest())
             os.replace(tmp, path)
         except OSError:
             tmp.unlink(missing_ok=True)
+        else:
+            self.dirty = False
 
 
-def _same_content_stat(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (b.st_size, b.st_mtime_ns, b.st_ctime_ns)
+def _unchanged(st: os.stat_result, after: os.stat_result, nread: int) -> bool:
+    return (
+        after.st_size == nread == st.st_size
+        and after.st_mtime_ns == st.st_mtime_ns
+        and after.st_ctime_ns == st.st_ctime_ns
+    )
 
 
-_local = threading.local()
-
-
-def _buffer() -> memoryview:
-    buf: memoryview | None = getattr(_local, "buffer", None)
+def _read_digest(fd: int, size: int, buf: memoryview | None) -> tuple[bytes, int, memoryview | None]:
+    """Digest and byte count of an open file; small files in one ``read``, large ones through ``buf``."""
+    if size < BUFFER_SIZE:
+        data = os.read(fd, size + 1)  # one byte more than expected reveals a file that grew
+        return hashlib.sha256(data).digest(), len(data), buf
     if buf is None:
         buf = memoryview(bytearray(BUFFER_SIZE))
-        _local.buffer = buf
-    return buf
+    h = hashlib.sha256()
+    total = 0
+    while n := os.readv(fd, [buf]):
+        h.update(buf[:n])
+        total += n
+    return h.digest(), total, buf
+
+
+def _hash(path: bytes, st: os.stat_result, buf: memoryview | None) -> tuple[bytes, memoryview | None]:
+    for _ in range(_MAX_ATTEMPTS):
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except OSError as exc:
+            raise SnapshotError(f"{os.fsdecode(path)}: cannot open: {exc.strerror}") from None
+        try:
+            digest, nread, buf = _read_digest(fd, st.st_size, buf)
+            after = os.fstat(fd)
+        except OSError as exc:
+            raise SnapshotError(f"{os.fsdecode(path)}: cannot read: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        if (after.st_dev, after.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(after.st_mode):
+            raise SnapshotError(f"{os.fsdecode(path)}: file was replaced while the tree was being snapshotted")
+        if _unchanged(st, after, nread):
+            return digest, buf
+        if not (after.st_size == st.st_size and after.st_mtime_ns == st.st_mtime_ns
+                and after.st_ctime_ns == st.st_ctime_ns):
+            break  # changed since it was listed: its listed size and this digest could disagree
+        # same metadata but a different byte count: a change within one timestamp tick; read again
+    raise SnapshotError(f"{os.fsdecode(path)}: file changed while the tree was being snapshotted")
 
 
 def hash_file(path: bytes, st: os.stat_result) -> tuple[bytes, int]:
@@ -164,51 +208,34 @@ def hash_file(path: bytes, st: os.stat_result) -> tuple[bytes, int]:
     Raises:
         SnapshotError: the file cannot be opened or read, was replaced, or kept changing.
     """
-    shown = os.fsdecode(path)
-    for _ in range(_MAX_ATTEMPTS):
-        started = time.time_ns()
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as exc:
-            raise SnapshotError(f"{shown}: cannot open: {exc.strerror}") from None
-        try:
-            before = os.fstat(fd)
-            if not stat.S_ISREG(before.st_mode) or (before.st_dev, before.st_ino) != (st.st_dev, st.st_ino):
-                raise SnapshotError(f"{shown}: file was replaced while the tree was being snapshotted")
-            digest = hashlib.sha256()
-            buf = _buffer()
-            while True:
-                n = os.readv(fd, [buf])
-                if not n:
-                    break
-                digest.update(buf[:n])
-            after = os.fstat(fd)
-        except OSError as exc:
-            raise SnapshotError(f"{shown}: cannot read: {exc.strerror}") from None
-        finally:
-            os.close(fd)
-        if _same_content_stat(before, after) and _same_content_stat(before, st):
-            return digest.digest(), started
-        st = after  # it changed under us: try again against its new state
-    raise SnapshotError(f"{shown}: file kept changing while it was being hashed")
+    started = time.time_ns()
+    return _hash(path, st, None)[0], started
+
+
+def _chunks(items: list[tuple[bytes, os.stat_result]]) -> list[tuple[int, int]]:
+    """Split ``items`` (largest first) into index ranges of bounded file count and bytes."""
+    chunks: list[tuple[int, int]] = []
+    most = max(_CHUNK_FILES, len(items) // 8192 + 1)  # at most ~8192 chunks: their queue must fit a pipe
+    start = size = 0
+    for i, (_path, st) in enumerate(items):
+        size += st.st_size
+        if i + 1 - start >= most or size >= _CHUNK_BYTES:
+            chunks.append((start, i + 1))
+            start, size = i + 1, 0
+    if start < len(items):
+        chunks.append((start, len(items)))
+    return chunks
 
 
 class Hasher:
     """Hashes many files in parallel, consulting and filling a :class:`StatCache`."""
 
-    def __init__(self, *, cache: StatCache | None = None, workers: int | None = None) -> None:
+    def __init__(self, *, cache: StatCache | None = None, workers: int | None = None,
+                 progress_after: float = PROGRESS_AFTER) -> None:
         self.cache = cache if cache is not None else StatCache()
         self.workers = workers or available_cpus()
+        self.progress_after = progress_after
         self.bytes_read = 0
-
-    def _one(self, item: tuple[bytes, os.stat_result]) -> bytes:
-        path, st = item
-        cached = self.cache.lookup(path, st)
-        if cached is not None:
-            return cached
-        digest, started = hash_file(path, st)
-        self.cache.store(path, st, digest, started)
-        return digest
 
     def hash_many(
         self,
@@ -216,23 +243,133 @@ class Hasher:
         *,
         progress: Callable[[int], None] | None = None,
     ) -> dict[bytes, bytes]:
-        """Digests of ``(path, lstat)`` pairs, by path.
+        """Digests of ``(path, lstat)`` pairs, by path. ``progress(files done)`` is called now and
+        then, only once hashing has taken longer than ``progress_after`` seconds.
 
         Raises:
             SnapshotError: as :func:`hash_file`, for the first failing file.
         """
-        items = list(files)
+        started = time.time_ns()  # conservative "hashed at" for every file read below
+        clock = time.monotonic()
+        lookup = self.cache.lookup
         results: dict[bytes, bytes] = {}
-        if self.workers <= 1 or len(items) < 64:
-            for done, item in enumerate(items, 1):
-                results[item[0]] = self._one(item)
-                if progress is not None and done % 1000 == 0:
-                    progress(done)
+        todo: list[tuple[bytes, os.stat_result]] = []
+        for path, st in files:
+            digest = lookup(path, st)
+            if digest is None:
+                todo.append((path, st))
+            else:
+                results[path] = digest
+        if not todo:
             return results
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="asl-hash") as pool:
-            for done, (item, digest) in enumerate(zip(items, pool.map(self._one, items, chunksize=64), strict=True), 1):
-                results[item[0]] = digest
-                if progress is not None and done % 1000 == 0:
-                    progress(done)
+        todo.sort(key=lambda item: item[1].st_size, reverse=True)
+        total = sum(st.st_size for _p, st in todo)
+        self.bytes_read += total
+        reporter = _Reporter(progress, clock + self.progress_after, len(results))
+        if self.workers > 1 and hasattr(os, "fork") and (len(todo) >= _PARALLEL_MIN_FILES
+                                                         or total >= _PARALLEL_MIN_BYTES):
+            digests = _hash_forked(todo, self.workers, reporter)
+        else:
+            digests = _hash_serial(todo, reporter)
+        store = self.cache.store
+        for (path, st), digest in zip(todo, digests, strict=True):
+            results[path] = digest
+            store(path, st, digest, started)
         return results
+
+
+class _Reporter:
+    """Rate-limited progress reports that start only after a deadline."""
+
+    def __init__(self, progress: Callable[[int], None] | None, deadline: float, base: int) -> None:
+        self.progress = progress
+        self.next = deadline
+        self.base = base
+
+    def __call__(self, done: int) -> None:
+        if self.progress is not None:
+            now = time.monotonic()
+            if now >= self.next:
+                self.next = now + _PROGRESS_EVERY
+                self.progress(self.base + done)
+
+
+def _hash_serial(todo: list[tuple[bytes, os.stat_result]], report: _Reporter) -> list[bytes]:
+    buf: memoryview | None = None
+    out: list[bytes] = []
+    for i, (path, st) in enumerate(todo):
+        digest, buf = _hash(path, st, buf)
+        out.append(digest)
+        if not i & 63:
+            report(i)
+    return out
+
+
+def _hash_forked(todo: list[tuple[bytes, os.stat_result]], workers: int, report: _Reporter) -> list[bytes]:
+    """Hash ``todo`` in this process and ``workers - 1`` forked helpers sharing a result ``mmap``.
+
+    A helper that fails on a file marks it failed and goes on; a helper that dies leaves its slots
+    empty. Either way this process hashes such files itself afterwards, so errors are raised here,
+    with the usual message, and a lost helper costs time, never a wrong digest.
+    """
+    chunks = _chunks(todo)
+    shared = mmap.mmap(-1, len(todo) * _SLOT)
+    tasks_r, tasks_w = os.pipe()
+    try:
+        # every chunk index is queued before any worker starts; reads of 4 bytes from a pipe are atomic
+        os.set_blocking(tasks_w, False)
+        queued = b"".join(struct.pack("<I", c) for c in range(len(chunks)))
+        os.write(tasks_w, queued)
+    except BlockingIOError:  # more chunks than the pipe holds: fall back to one process
+        os.close(tasks_r)
+        os.close(tasks_w)
+        shared.close()
+        return _hash_serial(todo, report)
+    os.close(tasks_w)
+    pids: list[int] = []
+    try:
+        for _ in range(min(workers, len(chunks)) - 1):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the helper
+                code = 1
+                try:
+                    _work(todo, chunks, tasks_r, shared, None)
+                    code = 0
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+        _work(todo, chunks, tasks_r, shared, report)
+    finally:
+        os.close(tasks_r)
+        for pid in pids:
+            os.waitpid(pid, 0)
+    out: list[bytes] = []
+    buf: memoryview | None = None
+    for i, (path, st) in enumerate(todo):
+        slot = shared[i * _SLOT : (i + 1) * _SLOT]
+        if slot[0] == _OK:
+            out.append(slot[1:])
+        else:  # failed or never done: hash it here, raising the error if it persists
+            digest, buf = _hash(path, st, buf)
+            out.append(digest)
+    shared.close()
+    return out
+
+
+def _work(todo: list[tuple[bytes, os.stat_result]], chunks: list[tuple[int, int]], tasks: int,
+          shared: mmap.mmap, report: _Reporter | None) -> None:
+    buf: memoryview | None = None
+    while len(raw := os.read(tasks, 4)) == 4:
+        (index,) = struct.unpack("<I", raw)
+        start, end = chunks[index]
+        for i in range(start, end):
+            path, st = todo[i]
+            try:
+                digest, buf = _hash(path, st, buf)
+            except SnapshotError:
+                shared[i * _SLOT] = _FAILED
+                continue
+            shared[i * _SLOT : (i + 1) * _SLOT] = b"\x01" + digest
+        if report is not None:
+            report(end)
 

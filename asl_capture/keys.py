@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asl_capture.cose import key_id
+from asl_capture.cose import key_id, raw_public_bytes
 from asl_capture.errors import KeyFileError
 
 if TYPE_CHECKING:
@@ -36,15 +36,9 @@ class Signer:
         return f"Signer(kid={self.kid.hex()}, path={str(self.path)!r})"
 
 
-def _raw_public(public_key: Ed25519PublicKey) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
 def public_key_id(public_key: Ed25519PublicKey) -> bytes:
     """Key id of a public key: SHA-256 of its raw 32 bytes."""
-    return key_id(_raw_public(public_key))
+    return key_id(raw_public_bytes(public_key))
 
 
 def read_passphrase(*, passphrase_file: Path | None, environ: Mapping[str, str]) -> bytes | None:
@@ -114,15 +108,17 @@ def generate(name: str, *, directory: Path, passphrase: bytes | None = None) -> 
 
 def _read_key_file(path: Path, *, private: bool) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO at the key path must not hang the open (regular files ignore the flag).
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise KeyFileError(f"{path}: key file not found") from None
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot open key file: {exc.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):  # checked before fdopen, which raises IsADirectoryError
+        os.close(fd)
+        raise KeyFileError(f"{path}: not a regular file")
     with os.fdopen(fd, "rb") as handle:
-        st = os.fstat(handle.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"{path}: not a regular file")
         if private and st.st_mode & 0o077:
             raise KeyFileError(
                 f"{path}: private key is accessible by group or others "
@@ -140,11 +136,16 @@ def load_signer(path: Path, *, passphrase: bytes | None = None) -> Signer:
         KeyFileError: missing, too permissive, not Ed25519, encrypted without a passphrase, or a wrong
             passphrase.
     """
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     data = _read_key_file(path, private=True)
+    seed = _plain_ed25519_seed(data) if passphrase is None else None
+    if seed is not None:  # fast path: no need to import the (slow to import) general PEM/DER loaders
+        plain = Ed25519PrivateKey.from_private_bytes(seed)
+        return Signer(private_key=plain, kid=public_key_id(plain.public_key()), path=path)
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     loader = serialization.load_pem_private_key if data.lstrip().startswith(b"-----") else (
         serialization.load_der_private_key
     )
@@ -162,6 +163,27 @@ def load_signer(path: Path, *, passphrase: bytes | None = None) -> Signer:
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(f"{path}: not an Ed25519 private key")
     return Signer(private_key=key, kid=public_key_id(key.public_key()), path=path)
+
+
+#: DER of an unencrypted PKCS#8 Ed25519 private key, up to its 32-byte seed (RFC 8410 section 7).
+_PKCS8_ED25519 = bytes.fromhex("302e020100300506032b657004220420")
+
+
+def _plain_ed25519_seed(data: bytes) -> bytes | None:
+    """The seed of an unencrypted PKCS#8 Ed25519 key in PEM or DER, or None for anything else."""
+    import binascii
+
+    text = data.strip()
+    if text.startswith(b"-----BEGIN PRIVATE KEY-----") and text.endswith(b"-----END PRIVATE KEY-----"):
+        try:
+            der = binascii.a2b_base64(b"".join(text.splitlines()[1:-1]), strict_mode=True)
+        except (binascii.Error, ValueError):
+            return None
+    else:
+        der = data
+    if len(der) == 48 and der.startswith(_PKCS8_ED25519):
+        return der[16:]
+    return None
 
 
 def load_public(path: Path) -> Ed25519PublicKey:

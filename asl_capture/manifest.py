@@ -14,7 +14,7 @@ import fnmatch
 import hashlib
 import os
 import stat
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -51,6 +51,70 @@ def _text_or_bytes(raw: bytes) -> str | bytes:
         return raw
 
 
+_TINY = [bytes([b]) for b in range(256)]
+_KIND_TEXT = {k: bytes([0x61]) + k.encode() for k in KINDS}
+
+
+def _head(major: int, n: int) -> bytes:
+    """A minimal CBOR head: ``major`` is the type already shifted (0x00, 0x40, 0x60, 0x80)."""
+    if n < 24:
+        return _TINY[major | n]
+    if n < 0x100:
+        return bytes((major | 24, n))
+    if n < 0x10000:
+        return bytes((major | 25,)) + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return bytes((major | 26,)) + n.to_bytes(4, "big")
+    if n < 1 << 64:
+        return bytes((major | 27,)) + n.to_bytes(8, "big")
+    raise CborError(f"integer {n} outside the 64-bit CBOR range")
+
+
+def _string(raw: bytes) -> bytes:
+    """``raw`` as a CBOR text string when valid UTF-8, else as a byte string."""
+    if raw.isascii():
+        return _head(0x60, len(raw)) + raw
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return _head(0x40, len(raw)) + raw
+    return _head(0x60, len(raw)) + raw
+
+
+def _encode_entries(entries: Sequence[Entry]) -> list[bytes]:
+    """The deterministic CBOR of each entry's :meth:`Entry.to_value`, without building the values."""
+    out: list[bytes] = []
+    add = out.append
+    digest_head = b"\x85"  # array of 5
+    file_head = b"\x58\x20"
+    to_bytes = int.to_bytes
+    for path, kind, mode, size, extra in entries:
+        n = len(path)
+        if kind == "f" and 24 <= n < 256 and 256 <= mode < 65536 and 256 <= size < 65536 and path.isascii():
+            # the common case, in one piece: [text(24..255), "f", uint16 mode, uint16 size, bstr(32)]
+            add(b"".join((b"\x85\x78", _TINY[n], path, b"\x61f\x19", to_bytes(mode, 2, "big"), b"\x19",
+                          to_bytes(size, 2, "big"), file_head, extra)))  # type: ignore[arg-type]
+            continue
+        add(digest_head)
+        add(_string(path))
+        add(_KIND_TEXT[kind])
+        add(_head(0, mode))
+        add(_head(0, size))
+        if isinstance(extra, bytes):
+            if kind == "l":
+                add(_string(extra))
+            else:
+                add(_head(0x40, len(extra)) if len(extra) != 32 else file_head)
+                add(extra)
+        elif extra is None:
+            add(b"\xf6")
+        elif extra >= 0:
+            add(_head(0, extra))
+        else:
+            add(_head(0x20, -1 - extra))
+    return out
+
+
 def _raw(value: dcbor.Value) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8")
@@ -70,11 +134,13 @@ class Manifest:
     def encode(self) -> bytes:
         """The deterministic CBOR of ``{"v": 1, "roots": [...], "entries": [...]}``."""
         if not self._encoded:
-            self._encoded.append(dcbor.encode({
-                "v": MANIFEST_VERSION,
-                "roots": [_text_or_bytes(r) for r in self.roots],
-                "entries": [e.to_value() for e in self.entries],
-            }))
+            # Same bytes as dcbor.encode({"v", "roots", "entries": [e.to_value() ...]}), built directly:
+            # keys in deterministic order (shorter first), entries through the fast path below.
+            head = dcbor.encode({"v": MANIFEST_VERSION, "roots": [_text_or_bytes(r) for r in self.roots]})
+            self._encoded.append(b"".join([
+                bytes([0xA3]), head[1:], b"\x67entries", _head(0x80, len(self.entries)),
+                *_encode_entries(self.entries),
+            ]))
         return self._encoded[0]
 
     @property
@@ -99,7 +165,8 @@ class Manifest:
             CborError: not a well-formed version-1 manifest.
         """
         value = dcbor.decode(data)
-        if not isinstance(value, dict) or value.get("v") != MANIFEST_VERSION or set(value) != {"v", "roots", "entries"}:
+        if (not isinstance(value, dict) or set(value) != {"v", "roots", "entries"}
+                or value["v"] != MANIFEST_VERSION or isinstance(value["v"], bool)):
             raise CborError("not a version-1 tree manifest")
         roots, raw_entries = value["roots"], value["entries"]
         if not isinstance(roots, list) or not isinstance(raw_entries, list):
@@ -109,7 +176,8 @@ class Manifest:
             if not isinstance(item, list) or len(item) != 5:
                 raise CborError("manifest entry is not an array of 5")
             path, kind, mode, size, extra = item
-            if kind not in KINDS or not isinstance(mode, int) or not isinstance(size, int):
+            if (kind not in KINDS or not isinstance(mode, int) or not isinstance(size, int)
+                    or isinstance(mode, bool) or isinstance(size, bool)):
                 raise CborError("manifest entry has a bad kind, mode or size")
             if kind == "l":
                 extra = _raw(extra)
@@ -139,6 +207,8 @@ class Changes:
 
 def diff(before: Manifest, after: Manifest) -> Changes:
     """Created, modified (any field differs) and deleted paths from ``before`` to ``after``."""
+    if before.entries == after.entries:
+        return Changes(created=(), modified=(), deleted=())
     old, new = before.by_path(), after.by_path()
     created = tuple(e for e in after.entries if e.path not in old)
     modified = tuple(e for e in after.entries if e.path in old and old[e.path] != e)
@@ -191,36 +261,43 @@ class Excluder:
 
 
 def _walk(
-    root: bytes, label: bytes, excluder: Excluder
-) -> Iterable[tuple[bytes, bytes, os.stat_result]]:
-    """Yield ``(abs path, label path, lstat)`` for ``root`` and everything under it, never following links."""
+    root: bytes, label: bytes, excluder: Excluder, rows: dict[bytes, tuple[int, os.stat_result, bytes]]
+) -> None:
+    """Add ``label path -> (mode, lstat, abs path)`` to ``rows`` for ``root`` and everything under it.
+
+    Never follows symlinks. Scans with byte paths, so names need no re-encoding.
+    """
     try:
         st = os.lstat(root)
     except OSError as exc:
         raise SnapshotError(f"{os.fsdecode(root)}: cannot stat: {exc.strerror}") from None
-    yield root, label, st
+    rows[label] = (st.st_mode, st, root)
     if not stat.S_ISDIR(st.st_mode):
         return
+    skip_abs, patterns, skip = excluder.absolute, excluder.patterns, excluder.skip
+    s_isdir = stat.S_ISDIR
     stack = [(root, label)]
     while stack:
         directory, dir_label = stack.pop()
+        prefix = b"" if dir_label == b"." else dir_label + b"/"
         try:
             with os.scandir(directory) as it:
                 children = list(it)
         except OSError as exc:
             raise SnapshotError(f"{os.fsdecode(directory)}: cannot list directory: {exc.strerror}") from None
         for child in children:
-            name = os.fsencode(child.name)
-            abs_path = os.fsencode(child.path)
-            child_label = name if dir_label == b"." else dir_label + b"/" + name
-            if excluder.skip(abs_path, child_label, name):
+            name: bytes = child.name
+            abs_path: bytes = child.path
+            child_label = prefix + name
+            if name == b".git" or abs_path in skip_abs or (patterns and skip(abs_path, child_label, name)):
                 continue
             try:
                 cst = child.stat(follow_symlinks=False)
             except OSError as exc:
                 raise SnapshotError(f"{os.fsdecode(abs_path)}: cannot stat: {exc.strerror}") from None
-            yield abs_path, child_label, cst
-            if stat.S_ISDIR(cst.st_mode):
+            mode = cst.st_mode
+            rows[child_label] = (mode, cst, abs_path)
+            if s_isdir(mode):
                 stack.append((abs_path, child_label))
 
 
@@ -250,13 +327,17 @@ def snapshot(
         labels.append(label)
         if missing_ok and not os.path.lexists(root):
             continue
-        for abs_path, path_label, st in _walk(os.fsencode(os.path.abspath(root)), label, excluder):
-            rows[path_label] = (st.st_mode, st, abs_path)
-    files = [(abs_path, st) for (mode, st, abs_path) in rows.values() if stat.S_ISREG(mode)]
+        _walk(os.fsencode(os.path.abspath(root)), label, excluder, rows)
+    s_isreg, s_imode = stat.S_ISREG, stat.S_IMODE
+    files = [(abs_path, st) for (mode, st, abs_path) in rows.values() if s_isreg(mode)]
     digests = hasher.hash_many(files, progress=progress)
     entries: list[Entry] = []
+    add = entries.append
     for path_label in sorted(rows):
         mode, st, abs_path = rows[path_label]
+        if s_isreg(mode):
+            add(Entry(path_label, "f", s_imode(mode), st.st_size, digests[abs_path]))
+            continue
         kind = _kind(mode)
         extra: bytes | int | None = None
         size = 0

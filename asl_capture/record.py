@@ -110,7 +110,7 @@ class StepRecord:
         unknown = body.keys() - _REQUIRED - _OPTIONAL
         if unknown:
             raise CborError(f"record has unknown field(s) {', '.join(sorted(unknown))}")
-        if body["v"] != RECORD_VERSION:
+        if body["v"] != RECORD_VERSION or isinstance(body["v"], bool):
             raise CborError(f"record version {body['v']!r} is not {RECORD_VERSION}")
         _field(body, "chain", bytes, size=16)
         _field(body, "seq", int)
@@ -141,8 +141,10 @@ class StepRecord:
         _field(outputs, "changes", bytes, size=32, where="outputs")
         if not isinstance(body["cwd"], str | bytes):
             raise CborError("record field 'cwd' should be text or bytes")
-        if "sources" in body:
-            _field(body, "sources", list)
+        for name, kind in (("sources", list), ("source_date_epoch", int), ("error", str), ("signals", list),
+                           ("vcs", dict)):
+            if name in body:
+                _field(body, name, kind)
         return cls(body=body)
 
 

@@ -113,6 +113,9 @@ def run(
 ) -> RunResult:
     """Run ``argv`` to completion; see the module docstring.
 
+    SIGINT, SIGTERM and SIGHUP stay blocked when this returns: call :func:`release_signals` once
+    the step's record is written.
+
     Raises:
         StoreError: a log cannot be stored.
     """
@@ -149,11 +152,19 @@ def run(
                 returncode = proc.wait()
     finally:
         finished = time.time_ns()
+        # Until the record is appended, a signal must not kill us and lose it: hold signals
+        # pending; the caller releases them with release_signals() once the record is safe.
+        signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         stdout, stderr = out.close(store), err.close(store)
     return RunResult(returncode=returncode, start_error=start_error, signals=tuple(received),
                      stdout=stdout, stderr=stderr, started=started, finished=finished)
+
+
+def release_signals() -> None:
+    """Deliver the signals held since :func:`run` returned (their default action may end us)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
 
 
 def _pump(proc: subprocess.Popen[bytes], out: _Sink, err: _Sink) -> None:

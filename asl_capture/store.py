@@ -65,7 +65,8 @@ class ProvenanceDir:
             raise StoreError(f"{root}: cannot create provenance directory: {exc.strerror}") from None
         if not os.access(root, os.W_OK | os.X_OK):
             raise StoreError(f"{root}: provenance directory is not writable")
-        return cls(root.absolute())
+        # abspath, not Path.absolute(): '..' is collapsed, so the root equals the paths a walk yields.
+        return cls(Path(os.path.abspath(root)))
 
     @classmethod
     def existing(cls, root: Path) -> ProvenanceDir:
@@ -76,7 +77,7 @@ class ProvenanceDir:
         """
         if not root.is_dir():
             raise StoreError(f"{root}: no such provenance directory")
-        prov = cls(root.absolute())
+        prov = cls(Path(os.path.abspath(root)))
         if not prov.chain.is_file():
             raise StoreError(f"{root}: no {CHAIN_NAME} in this directory (empty provenance directory)")
         return prov

@@ -10,19 +10,22 @@ the record and the check; success returns a :class:`ChainReport`.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asl_capture import chain, cose, dcbor
+from asl_capture import chain, cose
 from asl_capture.errors import CborError, ChainError, VerificationError
+from asl_capture.hashing import available_cpus
 from asl_capture.record import StepRecord
 from asl_capture.store import ObjectStore, ProvenanceDir
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+_PARALLEL_MIN_RECORDS = 1000
 CHECKS = ("decode", "signature", "payload", "linkage", "objects", "status")
 _TAGS = frozenset({cose.COSE_SIGN1_TAG})
 
@@ -82,8 +85,7 @@ def verify_chain(
     messages: list[cose.Sign1] = []
     for index, item in enumerate(scan.items):
         try:
-            value, _ = dcbor.decode_item(item.raw, tags=_TAGS)
-            messages.append(cose.parse(value))
+            messages.append(cose.parse(item.value))
         except (CborError, VerificationError) as exc:
             raise VerificationError(f"at byte offset {item.offset}: {exc}", check="decode", record=index) from None
     if scan.torn is not None:
@@ -93,18 +95,8 @@ def verify_chain(
             f"(an interrupted append); 'asl-chain repair' truncates it", check="decode", record=len(scan.items))
     emit(1, "decode", f"{len(scan.items)} COSE_Sign1 records, {scan.size} bytes")
 
-    payloads: list[bytes] = []
-    for index, msg in enumerate(messages):
-        key = trusted.get(msg.kid)
-        if key is None:
-            raise VerificationError(f"signed by untrusted key id {msg.kid.hex()}", check="signature", record=index)
-        if msg.content_type != cose.STEP_CONTENT_TYPE:
-            raise VerificationError(f"content type {msg.content_type!r} is not a step record",
-                                    check="signature", record=index)
-        try:
-            payloads.append(cose.verify(msg, key))
-        except VerificationError as exc:
-            raise VerificationError(str(exc.args[0]).split("] ", 1)[-1], check="signature", record=index) from None
+    _check_signatures(messages, trusted)
+    payloads = [m.payload for m in messages]
     kids = tuple(sorted({m.kid for m in messages}))
     emit(2, "signature", f"{len(messages)} signatures by {len(kids)} trusted key(s): "
                          + ", ".join(k.hex()[:16] for k in kids))
@@ -151,6 +143,76 @@ def verify_chain(
         path=prov.chain, chain_id=chain_id, records=tuple(records), head_seq=records[-1].seq,
         head_digest=hashlib.sha256(head.raw).digest(), size=scan.size, kids=kids, objects=len(checked), tree=tree,
     )
+
+
+def _check_one(index: int, msg: cose.Sign1, trusted: dict[bytes, Ed25519PublicKey]) -> None:
+    key = trusted.get(msg.kid)
+    if key is None:
+        raise VerificationError(f"signed by untrusted key id {msg.kid.hex()}", check="signature", record=index)
+    if msg.content_type != cose.STEP_CONTENT_TYPE:
+        raise VerificationError(f"content type {msg.content_type!r} is not a step record",
+                                check="signature", record=index)
+    try:
+        cose.verify(msg, key)
+    except VerificationError:
+        raise VerificationError("Ed25519 signature does not verify", check="signature", record=index) from None
+
+
+def _first_bad(messages: list[cose.Sign1], start: int, trusted: dict[bytes, Ed25519PublicKey]) -> int | None:
+    for index in range(start, len(messages)):
+        try:
+            _check_one(index, messages[index], trusted)
+        except VerificationError:
+            return index
+    return None
+
+
+def _check_signatures(messages: list[cose.Sign1], trusted: dict[bytes, Ed25519PublicKey]) -> None:
+    """Verify every signature, raising for the earliest bad one.
+
+    Ed25519 verification holds the GIL, so a long chain is split with one forked helper process per
+    extra core; a helper reports only the index of its first failure, which is then checked again
+    here to raise the exact error.
+    """
+    workers = min(available_cpus(), len(messages) // _PARALLEL_MIN_RECORDS)
+    if workers < 2 or not hasattr(os, "fork"):
+        for index, msg in enumerate(messages):
+            _check_one(index, msg, trusted)
+        return
+    bounds = [len(messages) * w // workers for w in range(workers + 1)]
+    helpers: list[tuple[int, int, int]] = []
+    for w in range(1, workers):
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the helper
+            code = 1
+            try:
+                os.close(read_fd)
+                bad = _first_bad(messages[: bounds[w + 1]], bounds[w], trusted)
+                os.write(write_fd, b"ok" if bad is None else str(bad).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        helpers.append((pid, read_fd, w))
+    failures: list[int] = []
+    for index in range(bounds[0], bounds[1]):
+        try:
+            _check_one(index, messages[index], trusted)
+        except VerificationError:
+            failures.append(index)
+            break
+    for pid, read_fd, w in helpers:
+        with os.fdopen(read_fd, "rb") as pipe:
+            answer = pipe.read()
+        _, status = os.waitpid(pid, 0)
+        if answer != b"ok":
+            # a failure, or a helper that died: check its whole share here, raising the exact error
+            bad = int(answer) if answer.isdigit() and status == 0 else bounds[w]
+            failures.append(bad)
+    for index in sorted(failures):
+        for again in range(index, len(messages)):
+            _check_one(again, messages[again], trusted)
 
 
 def _status(records: list[StepRecord]) -> tuple[StepNode, ...]:

@@ -41,7 +41,7 @@ inherit these and ASL_CAPTURE_PARENT from the enclosing capture.
               help="Snapshot root when no -i/-o is given (default: the working directory).")
 @click.option("--sources", "sources_file", type=click.Path(path_type=Path),
               help="JSON Lines file the step writes, listing what it took from outside (recorded as sources).")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.argument("command", nargs=-1, required=False, type=click.UNPROCESSED)
 def cli(step: str | None, provenance: Path | None, key: Path | None, passphrase_file: Path | None,
         inputs: tuple[Path, ...], outputs: tuple[Path, ...], excludes: tuple[str, ...], root: Path | None,
         sources_file: Path | None, command: tuple[str, ...]) -> None:
