@@ -168,6 +168,36 @@ def _write_head(prov: ProvenanceDir, item: Item) -> None:
         tmp.unlink(missing_ok=True)
 
 
+CHECKPOINT_CONTENT_TYPE = "application/vnd.asl.checkpoint+cbor"
+
+
+def checkpoint_payload(record: StepRecord, item: Item) -> bytes:
+    """The signed checkpoint: ``{"v": 1, "chain", "seq", "digest"}`` of the newest record."""
+    return dcbor.encode({"v": 1, "chain": record.chain, "seq": record.seq, "digest": item.digest})
+
+
+def _write_checkpoint(prov: ProvenanceDir, signer: Signer, record: StepRecord, item: Item) -> None:
+    """Replace ``checkpoint.cose`` with a signed statement of the chain's newest record.
+
+    The chain alone cannot show that records were cut from its end; the checkpoint can, unless an
+    older checkpoint is put back too (the signed release manifest anchors that case).
+
+    Raises:
+        ChainError: the checkpoint cannot be written (the record itself is already durable).
+    """
+    data = cose.sign(checkpoint_payload(record, item), signer.private_key, content_type=CHECKPOINT_CONTENT_TYPE)
+    tmp = prov.checkpoint.with_name(f".checkpoint.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, prov.checkpoint)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ChainError(f"{prov.checkpoint}: cannot write checkpoint: {exc.strerror}") from None
+
+
 def _current_head(prov: ProvenanceDir, fd: int) -> Head:
     size = os.fstat(fd).st_size
     if size == 0:
@@ -242,6 +272,7 @@ def append(
                 raise ChainError(f"{prov.chain}: cannot append record: {exc.strerror}") from None
             item = Item(head.end, raw)
             _write_head(prov, item)
+            _write_checkpoint(prov, signer, record, item)
             return record, item
         finally:
             os.close(fd)
@@ -249,38 +280,71 @@ def append(
 
 @dataclass(frozen=True, slots=True)
 class RepairResult:
-    """What :func:`repair` did: bytes removed, where, and where a copy of them was kept."""
+    """What :func:`repair` did: bytes removed, where, where a copy of them was kept, and the checkpoint."""
 
     removed: int
     offset: int
     records: int
     saved: Path | None
+    #: "ok", "re-signed" (it vouched for the torn record; now for the last whole one) or "stale"
+    #: (it vouches for a record that is gone and no signing key was available to re-sign it).
+    checkpoint: str = "ok"
 
 
-def repair(prov: ProvenanceDir) -> RepairResult:
+def _checkpoint_seq(prov: ProvenanceDir) -> int | None:
+    """The seq the current checkpoint vouches for (unverified: repair only compares it), or None."""
+    try:
+        msg = cose.parse(dcbor.decode(prov.checkpoint.read_bytes(), tags=_TAGS))
+        body = dcbor.decode(msg.payload)
+    except (OSError, AslError):
+        return None
+    seq = body.get("seq") if isinstance(body, dict) else None
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+
+
+def repair(prov: ProvenanceDir, *, signer: Callable[[], Signer] | None = None) -> RepairResult:
     """Truncate a torn tail (after saving a copy of its bytes beside the chain).
 
-    Whole records are never touched; a malformed record in the middle is refused.
+    Whole records are never touched; a malformed record in the middle is refused. When the signed
+    checkpoint vouches for a record that is no longer whole, it is re-signed for the last whole
+    record with the key ``signer()`` loads; without one the checkpoint is left (and reported) stale.
 
     Raises:
         ChainError: the chain cannot be read or written, or is corrupt before its tail.
+        KeyFileError: ``signer()`` could not load the key needed to re-sign the checkpoint.
     """
     with locked(prov):
         fd = _open_chain(prov)
         try:
             size = os.fstat(fd).st_size
             scan = split(os.pread(fd, size, 0), name=str(prov.chain))
-            if scan.torn is None:
-                return RepairResult(removed=0, offset=size, records=len(scan.items), saved=None)
-            offset, length = scan.torn
-            saved = prov.root / f"torn-at-{offset}.bin"
-            try:
-                saved.write_bytes(os.pread(fd, length, offset))
-                os.ftruncate(fd, offset)
-                os.fsync(fd)
-            except OSError as exc:
-                raise ChainError(f"{prov.chain}: cannot truncate torn tail: {exc.strerror}") from None
-            prov.head.unlink(missing_ok=True)
-            return RepairResult(removed=length, offset=offset, records=len(scan.items), saved=saved)
+            offset, length, saved = size, 0, None
+            if scan.torn is not None:
+                offset, length = scan.torn
+                saved = prov.root / f"torn-at-{offset}.bin"
+                try:
+                    saved.write_bytes(os.pread(fd, length, offset))
+                    os.ftruncate(fd, offset)
+                    os.fsync(fd)
+                except OSError as exc:
+                    raise ChainError(f"{prov.chain}: cannot truncate torn tail: {exc.strerror}") from None
+                prov.head.unlink(missing_ok=True)
+            return RepairResult(removed=length, offset=offset, records=len(scan.items), saved=saved,
+                                checkpoint=_reconcile_checkpoint(prov, scan.items, signer))
         finally:
             os.close(fd)
+
+
+def _reconcile_checkpoint(prov: ProvenanceDir, items: tuple[Item, ...], signer: Callable[[], Signer] | None) -> str:
+    """Re-sign a checkpoint that vouches beyond the last whole record (see :class:`RepairResult`)."""
+    vouched = _checkpoint_seq(prov)
+    if vouched is None or vouched < len(items):
+        return "ok"
+    if not items:
+        prov.checkpoint.unlink(missing_ok=True)
+        return "re-signed"
+    if signer is None:
+        return "stale"
+    last = items[-1]
+    _write_checkpoint(prov, signer(), StepRecord.from_cbor(cose.parse(last.value).payload), last)
+    return "re-signed"

@@ -37,6 +37,10 @@ class ProvenanceDir:
         return self.root / "head"
 
     @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint.cose"
+
+    @property
     def statcache(self) -> Path:
         return self.root / "statcache"
 

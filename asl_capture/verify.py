@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asl_capture import chain, cose
+from asl_capture import chain, cose, dcbor
 from asl_capture.errors import CborError, ChainError, VerificationError
 from asl_capture.hashing import available_cpus
 from asl_capture.record import StepRecord
@@ -122,7 +122,8 @@ def verify_chain(
             raise VerificationError("prev does not match the digest of the previous record", check="linkage",
                                     record=index)
         del item
-    emit(4, "linkage", f"chain {chain_id.hex()}, seq 0..{len(records) - 1}, every prev matches")
+    checkpoint = _check_checkpoint(prov, trusted, chain_id, scan.items)
+    emit(4, "linkage", f"chain {chain_id.hex()}, seq 0..{len(records) - 1}, every prev matches; {checkpoint}")
 
     store = ObjectStore(prov)
     checked: set[bytes] = set()
@@ -143,6 +144,48 @@ def verify_chain(
         path=prov.chain, chain_id=chain_id, records=tuple(records), head_seq=records[-1].seq,
         head_digest=hashlib.sha256(head.raw).digest(), size=scan.size, kids=kids, objects=len(checked), tree=tree,
     )
+
+
+def _check_checkpoint(
+    prov: ProvenanceDir, trusted: dict[bytes, Ed25519PublicKey], chain_id: bytes, items: tuple[chain.Item, ...],
+) -> str:
+    """Check the signed checkpoint names a record of this chain; return a description."""
+    def fail(message: str) -> VerificationError:
+        return VerificationError(f"{prov.checkpoint.name}: {message}", check="linkage")
+
+    try:
+        raw = prov.checkpoint.read_bytes()
+    except OSError:
+        raise fail("no signed checkpoint: records cut from the end of the chain could not be detected") from None
+    try:
+        msg = cose.parse(dcbor.decode(raw, tags=frozenset({cose.COSE_SIGN1_TAG})))
+    except (CborError, VerificationError) as exc:
+        raise fail(f"malformed: {exc}") from None
+    key = trusted.get(msg.kid)
+    if key is None:
+        raise fail(f"signed by untrusted key id {msg.kid.hex()}")
+    if msg.content_type != chain.CHECKPOINT_CONTENT_TYPE:
+        raise fail(f"content type {msg.content_type!r} is not a checkpoint")
+    try:
+        body = dcbor.decode(cose.verify(msg, key))
+    except VerificationError:
+        raise fail("signature does not verify") from None
+    except CborError as exc:
+        raise fail(f"malformed payload: {exc}") from None
+    if not isinstance(body, dict) or set(body) != {"v", "chain", "seq", "digest"} or body["v"] != 1:
+        raise fail("payload is not a version-1 checkpoint")
+    seq, digest = body["seq"], body["digest"]
+    if body["chain"] != chain_id:
+        raise fail("belongs to another chain")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0 or not isinstance(digest, bytes):
+        raise fail("payload has a bad seq or digest")
+    if seq >= len(items):
+        raise fail(f"vouches for seq {seq} but the chain ends at seq {len(items) - 1}: records were removed "
+                   f"from its end")
+    if items[seq].digest != digest:
+        raise fail(f"digest of record {seq} differs from the one it vouches for")
+    after = len(items) - 1 - seq
+    return f"signed checkpoint at seq {seq}" + (f" ({after} later record(s) appended after it)" if after else "")
 
 
 def _check_one(index: int, msg: cose.Sign1, trusted: dict[bytes, Ed25519PublicKey]) -> None:
