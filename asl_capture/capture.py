@@ -14,12 +14,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asl_capture import chain, dcbor, envpolicy
+from asl_capture import chain, dcbor, envpolicy, projectconfig
 from asl_capture.context import host_info, read_sources, vcs_info
 from asl_capture.errors import AslError, CaptureError, RecordWriteError, UsageError
 from asl_capture.hashing import Hasher, StatCache
 from asl_capture.keys import Signer, ensure_dev_key, load_signer, read_passphrase
 from asl_capture.manifest import Excluder, Manifest, diff, snapshot
+from asl_capture.projectconfig import ProjectConfig
 from asl_capture.record import StepRecord
 from asl_capture.runner import RunResult, release_signals, run
 from asl_capture.store import ObjectStore, ProvenanceDir
@@ -61,12 +62,14 @@ class CaptureOutcome:
     seq: int
 
 
-def resolve_provenance(config: CaptureConfig) -> Path:
-    """``--provenance``, else ``$ASL_CAPTURE_DIR``, else ``./provenance``."""
+def resolve_provenance(config: CaptureConfig, project: ProjectConfig) -> Path:
+    """``--provenance``, else ``$ASL_CAPTURE_DIR``, else the project's, else ``./provenance``."""
     if config.provenance is not None:
         return config.provenance
     env_dir = config.environ.get(ENV_DIR)
-    return Path(env_dir) if env_dir else config.cwd / "provenance"
+    if env_dir:
+        return Path(env_dir)
+    return project.provenance if project.provenance is not None else config.cwd / "provenance"
 
 
 def resolve_signer(config: CaptureConfig, notify: Callable[[str], None]) -> tuple[Signer, Path | None]:
@@ -111,7 +114,8 @@ def capture(config: CaptureConfig, *, notify: Callable[[str], None]) -> CaptureO
     if not config.argv:
         raise UsageError("no command given after '--'")
     cwd = config.cwd.absolute()
-    prov = ProvenanceDir.create(_abs(resolve_provenance(config), cwd))
+    project = projectconfig.load(cwd)
+    prov = ProvenanceDir.create(_abs(resolve_provenance(config, project), cwd))
     signer, passphrase_file = resolve_signer(config, notify)
     chain.check_appendable(prov)
     store = ObjectStore(prov)
@@ -120,7 +124,7 @@ def capture(config: CaptureConfig, *, notify: Callable[[str], None]) -> CaptureO
             raise CaptureError(f"{path}: declared input does not exist")
 
     root = _abs(config.root, cwd) if config.root is not None else cwd
-    excluder = Excluder(patterns=config.excludes, absolute=frozenset({os.fsencode(prov.root)}))
+    excluder = Excluder(patterns=config.excludes + project.excludes, absolute=frozenset({os.fsencode(prov.root)}))
     cache = StatCache.load(prov.statcache)
     hasher = Hasher(cache=cache)
     declared = bool(config.inputs or config.outputs)

@@ -519,3 +519,29 @@ def test_dev_key_created_0600_announced_once_and_verifiable(
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert b"VERIFIED: 2 records" in verify.stdout
     assert len(read_records(prov_of(env), pub)) == 2
+
+
+def test_project_config_sets_provenance_and_excludes_but_env_wins(
+        cli_env: dict[str, str], keypair: KeyPair, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "scratch").mkdir(parents=True)
+    (project / "scratch" / "big").write_bytes(b"x" * 10)
+    (project / "pyproject.toml").write_text('[tool.asl-capture]\nprovenance = "out/prov"\nexclude = ["scratch"]\n')
+    env = {k: v for k, v in cli_env.items() if k != "ASL_CAPTURE_DIR"}
+    done = cli("asl-capture", "--", "sh", "-c", "echo new > made", env=env, cwd=project)
+    assert done.returncode == 0, done.stderr
+    records = read_records(project / "out" / "prov", keypair.pub)
+    assert len(records) == 1
+    prov = project / "out" / "prov"
+    outputs = records[0].body["outputs"]
+    inputs = records[0].body["inputs"]
+    assert isinstance(outputs, dict) and isinstance(inputs, dict)
+    changes = dcbor.decode(object_bytes(prov, outputs["changes"]))  # type: ignore[arg-type]
+    assert isinstance(changes, dict)
+    assert [e[0] for e in changes["created"]] == ["made"]  # type: ignore[index,union-attr]
+    manifest = Manifest.from_cbor(object_bytes(prov, inputs["manifest"]))  # type: ignore[arg-type]
+    assert manifest.entries and not any(e.path.startswith(b"scratch") for e in manifest.entries)
+    # $ASL_CAPTURE_DIR beats the project's value
+    assert cli("asl-capture", "--", "true", env=cli_env, cwd=project).returncode == 0
+    assert (Path(cli_env["ASL_CAPTURE_DIR"]) / "chain.cbor").is_file()
+    assert len(read_records(project / "out" / "prov", keypair.pub)) == 1
