@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""Build the ISO root: rootfs + trimmed kernel modules + overlay/ + this project's package (stdlib only).
+
+Refuses, with a one-line error and exit status 2, overlay entries that could escape the root:
+absolute symlinks, relative symlinks whose target leaves the root (``..``), device nodes, fifos and
+sockets. Modes are normalised (directories 0755, files 0755 when any execute bit is set in the
+checkout, else 0644; owner root) so the umask of the checkout does not leak into the image.
+``.keep`` files (which only make git keep empty directories) are not copied.
+Merging resolves every path inside the target root, chroot-style: a symlink in the rootfs such as
+``bin -> usr/bin`` is followed within the root, never on the build host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import posixpath
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+KEEP = ".keep"
+_MAX_LINKS = 40
+
+
+class OverlayError(Exception):
+    """A one-line reason to refuse the overlay or the inputs."""
+
+
+def _norm_mode(st_mode: int) -> int:
+    if stat.S_ISDIR(st_mode):
+        return 0o755
+    return 0o755 if st_mode & 0o111 else 0o644
+
+
+def _check_link(rel: str, target: str) -> None:
+    if target.startswith("/"):
+        raise OverlayError(f"overlay/{rel}: absolute symlink target {target!r} refused (use a relative one)")
+    joined = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
+    if joined == ".." or joined.startswith("../"):
+        raise OverlayError(f"overlay/{rel}: symlink target {target!r} escapes the root")
+
+
+def stage_overlay(src: Path, dest: Path) -> list[str]:
+    """Copy ``src`` to ``dest`` with normalised modes, refusing unsafe entries; returns relative paths."""
+    if not src.is_dir():
+        raise OverlayError(f"{src}: overlay directory not found")
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    os.chmod(dest, 0o755)  # noqa: S103 (image directory)
+    done: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, src)
+        for name in sorted(dirnames + filenames):
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            if ".." in rel.split(os.sep) or name in ("", ".", ".."):
+                raise OverlayError(f"overlay/{rel}: path component '..' refused")
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            out = dest / rel
+            if stat.S_ISLNK(st.st_mode):
+                target = os.readlink(path)
+                _check_link(rel, target)
+                os.symlink(target, out)
+                if name in dirnames:
+                    dirnames.remove(name)  # never walk into a symlinked directory
+            elif stat.S_ISDIR(st.st_mode):
+                out.mkdir()
+                os.chmod(out, 0o755)  # noqa: S103 (image directory)
+            elif stat.S_ISREG(st.st_mode):
+                if name == KEEP:
+                    continue
+                shutil.copyfile(path, out, follow_symlinks=False)
+                os.chmod(out, _norm_mode(st.st_mode))
+            else:
+                kind = "device node" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "special file"
+                raise OverlayError(f"overlay/{rel}: {kind} refused")
+            done.append(rel)
+    return done
+
+
+def resolve_in_root(root: Path, rel: str) -> Path:
+    """The host path of ``/rel`` inside ``root``, following symlinks inside the root only."""
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = root.joinpath(*resolved, part)
+        if candidate.is_symlink() and parts:  # intermediate component: follow it within the root
+            hops += 1
+            if hops > _MAX_LINKS:
+                raise OverlayError(f"/{rel}: too many symlinks in the target root")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        resolved.append(part)
+    return root.joinpath(*resolved)
+
+
+def merge(staged: Path, root: Path, rels: list[str], epoch: int) -> None:
+    """Merge the staged overlay into ``root`` (files replace, directories merge)."""
+    for rel in rels:
+        src = staged / rel
+        dst = resolve_in_root(root, rel)
+        st = os.lstat(src)
+        if stat.S_ISDIR(st.st_mode):
+            if dst.is_symlink():
+                dst = resolve_in_root(root, os.path.relpath(os.path.realpath(dst), os.path.realpath(root)))
+            if not dst.is_dir():
+                if dst.exists():
+                    dst.unlink()
+                dst.mkdir()
+            os.chmod(dst, 0o755)  # noqa: S103 (image directory)
+            continue
+        if dst.is_symlink() or dst.is_file():
+            dst.unlink()
+        elif dst.is_dir():
+            raise OverlayError(f"overlay/{rel}: would replace a directory of the root")
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(src), dst)
+        else:
+            shutil.copyfile(src, dst)
+            os.chmod(dst, stat.S_IMODE(st.st_mode))
+            os.chown(dst, 0, 0) if os.geteuid() == 0 else None
+        os.utime(dst, (epoch, epoch), follow_symlinks=False)
+
+
+def install_package(src: Path, root: Path, dest: str) -> int:
+    """Copy the Python package ``src`` byte-for-byte into ``root/dest`` (no bytecode); returns files."""
+    if not (src / "__init__.py").is_file():
+        raise OverlayError(f"{src}: not a Python package")
+    target = resolve_in_root(root, posixpath.join(dest.strip("/"), src.name))
+    if target.exists():
+        shutil.rmtree(target)
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
+        out_dir = target / os.path.relpath(dirpath, src)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(out_dir, 0o755)  # noqa: S103 (image directory)
+        for name in sorted(filenames):
+            if name.endswith((".pyc", ".pyo")) or name.startswith("."):
+                continue
+            path = os.path.join(dirpath, name)
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                raise OverlayError(f"{path}: only regular files are installed from the package")
+            shutil.copyfile(path, out_dir / name)
+            os.chmod(out_dir / name, 0o644)
+            count += 1
+    return count
+
+
+def trim_modules(root: Path, modules: list[str]) -> list[str]:
+    """Keep only ``modules`` and their dependencies; rerun depmod. Returns the load order (relative paths)."""
+    kvers = sorted(os.listdir(root / "lib/modules"))
+    if len(kvers) != 1:
+        raise OverlayError(f"expected one kernel in {root}/lib/modules, found {kvers}")
+    kver = kvers[0]
+    base = root / "lib/modules" / kver
+    order: list[str] = []
+    for mod in modules:
+        try:
+            res = subprocess.run(["modprobe", "-d", str(root), "-S", kver, "--show-depends", mod],
+                                 check=True, capture_output=True, text=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            raise OverlayError(f"module {mod}: modprobe --show-depends failed: {exc}") from None
+        for line in res.stdout.splitlines():
+            fields = line.split()
+            if fields and fields[0] == "insmod":
+                rel = os.path.relpath(fields[1], base)
+                if rel not in order:
+                    order.append(rel)
+    keep = set(order)
+    kernel_dir = base / "kernel"
+    for dirpath, _dirs, filenames in os.walk(kernel_dir):
+        for name in filenames:
+            rel = os.path.relpath(os.path.join(dirpath, name), base)
+            if rel not in keep:
+                os.unlink(os.path.join(dirpath, name))
+    for dirpath, _dirs, _files in sorted(os.walk(kernel_dir), key=lambda t: -len(t[0])):
+        if not os.listdir(dirpath):
+            os.rmdir(dirpath)
+    subprocess.run(["depmod", "-b", str(root), kver], check=True)
+    (base / "asl-modules.load").write_text("".join(f"{r}\n" for r in order), encoding="utf-8")
+    os.chmod(base / "asl-modules.load", 0o644)
+    return order
+
+
+def clamp(root: Path, epoch: int) -> None:
+    """Every mtime under ``root`` (and root itself) to ``epoch``."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.utime(os.path.join(dirpath, name), (epoch, epoch), follow_symlinks=False)
+    os.utime(root, (epoch, epoch))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; exit 0 done, 2 refused or unusable input."""
+    parser = argparse.ArgumentParser(description="build the ISO root")
+    parser.add_argument("--rootfs", type=Path, required=True)
+    parser.add_argument("--overlay", type=Path, required=True)
+    parser.add_argument("--staged", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--package", type=Path, required=True)
+    parser.add_argument("--package-dest", required=True)
+    parser.add_argument("--modules", required=True)
+    parser.add_argument("--epoch", type=int, required=True)
+    parser.add_argument("--stage-only", action="store_true", help="only validate and stage the overlay")
+    args = parser.parse_args(argv)
+    try:
+        rels = stage_overlay(args.overlay, args.staged)
+        clamp(args.staged, args.epoch)
+        if args.stage_only:
+            return 0
+        if args.out.exists():
+            shutil.rmtree(args.out)
+        subprocess.run(["cp", "-a", "--", str(args.rootfs), str(args.out)], check=True)
+        order = trim_modules(args.out, args.modules.split())
+        merge(args.staged, args.out, rels, args.epoch)
+        files = install_package(args.package, args.out, args.package_dest)
+        clamp(args.out, args.epoch)
+    except OverlayError as exc:
+        sys.stderr.write(f"overlay: error: {exc}\n")
+        return 2
+    except (OSError, subprocess.CalledProcessError) as exc:
+        sys.stderr.write(f"overlay: error: {exc}\n")
+        return 2
+    sys.stderr.write(f"overlay: {len(rels)} overlay paths, {files} package files, {len(order)} modules\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Fast checks of the pipeline's tools: image.yaml validation, apt sources, overlay refusal, the host's DAM."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.pipeline_fixtures import REPO
+
+TOOLS = REPO / "pipeline" / "tools"
+
+
+def _run(tool: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(TOOLS / tool), *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+def _config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "image.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _good() -> str:
+    return (REPO / "pipeline" / "image.yaml").read_text(encoding="utf-8")
+
+
+def test_shipped_image_yaml_is_valid() -> None:
+    res = _run("imageconfig.py", "--config", str(REPO / "pipeline/image.yaml"), "--get", "version")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().count(".") == 2
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda t: t + "colour: blue\n", "colour: unknown key"),
+    (lambda t: t.replace("version: 1.0.0", "version: 1"), "version: expected a string, got int"),
+    (lambda t: t.replace("suite: bookworm\n", ""), "suite: missing required field"),
+    (lambda t: t.replace("  timeout: 1", "  timeout: soon"), "boot.timeout: expected an integer, got str"),
+    (lambda t: t.replace("  serial: ttyS0,115200", "  serial: ttyS0\n  baud: 9600"), "boot.baud: unknown key"),
+    (lambda t: t.replace("  - python3-click\n", "  - 7\n"), "packages: expected a list of strings, got list"),
+    (lambda t: t.replace("\nmirror: null", "\nmirror: http://example.invalid/debian"), "security_mirror: set"),
+    (lambda t: t + ":\n  - [", "line"),
+])
+def test_image_yaml_errors_are_one_line_exit_2(tmp_path: Path, edit: object, message: str) -> None:
+    assert callable(edit)
+    res = _run("imageconfig.py", "--config", str(_config(tmp_path, edit(_good()))), "--check")
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith("image.yaml: ")
+    assert message in res.stderr
+
+
+def test_mirrors_come_from_the_machines_apt_sources(tmp_path: Path) -> None:
+    apt = tmp_path / "apt"
+    (apt / "sources.list.d").mkdir(parents=True)
+    (apt / "sources.list").write_text("# nothing\ndeb-src http://src.invalid/debian bookworm main\n")
+    (apt / "sources.list.d" / "a.list").write_text("deb [arch=amd64] http://one.invalid/debian bookworm main contrib\n")
+    (apt / "sources.list.d" / "b.sources").write_text(
+        "Types: deb\nURIs: http://two.invalid/debian\nSuites: bookworm-updates\nComponents: main\n\n"
+        "Types: deb\nURIs: http://sec.invalid/debian-security\nSuites: bookworm-security\nComponents: main\n"
+        "Enabled: yes\n\nTypes: deb\nURIs: http://off.invalid/x\nSuites: bookworm\nComponents: main\nEnabled: no\n")
+    (apt / "sources.list.d" / "c.list.disabled").write_text("deb http://ignored.invalid/ bookworm main\n")
+    res = _run("aptsources.py", "mirrors", "--suites", "bookworm bookworm-updates bookworm-security",
+               "--components", "main", env={"ASL_APT_DIR": str(apt)})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [
+        "deb http://one.invalid/debian bookworm main",
+        "deb http://two.invalid/debian bookworm-updates main",
+        "deb http://sec.invalid/debian-security bookworm-security main",
+    ]
+
+
+def test_no_source_for_the_suite_is_a_one_line_error(tmp_path: Path) -> None:
+    apt = tmp_path / "apt"
+    apt.mkdir()
+    res = _run("aptsources.py", "mirrors", "--suites", "bookworm", "--components", "main",
+               env={"ASL_APT_DIR": str(apt)})
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and "no apt source for suite bookworm" in res.stderr
+
+
+def _stage(overlay: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return _run("overlay.py", "--rootfs", str(tmp_path / "none"), "--overlay", str(overlay),
+                "--staged", str(tmp_path / "staged"), "--out", str(tmp_path / "iso"),
+                "--package", str(REPO / "asl_capture"), "--package-dest", "/usr/lib/python3/dist-packages",
+                "--modules", "ext4", "--epoch", "1735689600", "--stage-only")
+
+
+def test_shipped_overlay_stages_with_normalised_modes(tmp_path: Path) -> None:
+    res = _stage(REPO / "overlay", tmp_path)
+    assert res.returncode == 0, res.stderr
+    staged = tmp_path / "staged"
+    expected = {"bin/asl-auth-host", "bin/asl-rescue", "bin/init-asl-host.sh", "etc/asl-auth-host/config.yaml",
+                "etc/asl-auth-host/policy.hash", "var/lib/asl/common", "var/lib/asl/personal",
+                "var/lib/asl/pools", "var/log/asl-auth-host.log", "usr/local/bin/asl-admin"}
+    for rel in expected:
+        assert (staged / rel).exists(), rel
+    assert not list(staged.rglob(".keep"))
+    assert stat.S_IMODE((staged / "bin/init-asl-host.sh").stat().st_mode) == 0o755
+    assert stat.S_IMODE((staged / "etc/asl-auth-host/config.yaml").stat().st_mode) == 0o644
+    assert int((staged / "bin/asl-auth-host").stat().st_mtime) == 1735689600
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    ("abs-link", "absolute symlink target"),
+    ("escape-link", "escapes the root"),
+    ("fifo", "special file refused"),
+    ("device", "device node refused"),
+])
+def test_overlay_entries_escaping_the_root_are_refused(tmp_path: Path, kind: str, message: str) -> None:
+    overlay = tmp_path / "overlay"
+    (overlay / "etc").mkdir(parents=True)
+    (overlay / "etc" / "ok.conf").write_text("fine\n")
+    bad = overlay / "etc" / "bad"
+    if kind == "abs-link":
+        bad.symlink_to("/etc/shadow")
+    elif kind == "escape-link":
+        bad.symlink_to("../../outside")
+    elif kind == "fifo":
+        os.mkfifo(bad)
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("creating a device node needs root")
+        os.mknod(bad, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    res = _stage(overlay, tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1, res.stderr
+    assert "overlay/etc/bad" in res.stderr and message in res.stderr
+
+
+def test_relative_symlink_inside_the_root_is_accepted(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay"
+    (overlay / "usr/local/bin").mkdir(parents=True)
+    (overlay / "usr/local/bin/tool").symlink_to("../../bin/true")
+    assert _stage(overlay, tmp_path).returncode == 0
+
+
+def test_chroot_style_resolution_never_leaves_the_root(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("asl_overlay_tool", TOOLS / "overlay.py")
+    assert spec is not None and spec.loader is not None
+    ov: Any = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ov)
+    root = tmp_path / "root"
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "bin").symlink_to("usr/bin")
+    (root / "etc").mkdir()
+    (root / "etc/evil").symlink_to("/tmp")
+    assert ov.resolve_in_root(root, "bin/x") == root / "usr/bin/x"
+    assert ov.resolve_in_root(root, "etc/evil/x") == root / "tmp/x"
+    assert ov.resolve_in_root(root, "../../x") == root / "x"
+
+
+def _host_config(tmp_path: Path) -> Path:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    text = (REPO / "overlay/etc/asl-auth-host/config.yaml").read_text(encoding="utf-8")
+    text = text.replace("/var/lib/asl", str(tmp_path / "data")).replace("/var/log/asl-auth-host.log",
+                                                                       str(tmp_path / "host.log"))
+    (etc / "config.yaml").write_text(text, encoding="utf-8")
+    (etc / "policy.hash").write_bytes((REPO / "overlay/etc/asl-auth-host/policy.hash").read_bytes())
+    (tmp_path / "data").mkdir()
+    return etc / "config.yaml"
+
+
+def _host(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "asl_capture.host.authhost", "--config", str(config), "--once",
+                           "--ready-file", str(config.parent / "ready"), *extra], capture_output=True, text=True)
+
+
+def test_shipped_policy_hash_matches_the_shipped_policy() -> None:
+    res = subprocess.run([sys.executable, "-m", "asl_capture.host.admin", "check", "--config",
+                          str(REPO / "overlay/etc/asl-auth-host/config.yaml")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_host_starts_persists_and_counts_boots(tmp_path: Path) -> None:
+    config = _host_config(tmp_path)
+    first = _host(config, "--no-require-mount")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("ASL-AUTH-HOST READY boot=1 ")
+    assert _host(config, "--no-require-mount").stdout.startswith("ASL-AUTH-HOST READY boot=2 ")
+    for store in ("common", "personal", "pools"):
+        assert (tmp_path / "data" / store / ".asl-domain").is_file()
+
+
+def test_host_refuses_storage_that_is_not_a_mount_point(tmp_path: Path) -> None:
+    res = _host(_host_config(tmp_path))
+    assert res.returncode == 2 and "not a mount point" in res.stderr
+
+
+def test_dam_refuses_a_policy_that_does_not_match_policy_hash(tmp_path: Path) -> None:
+    config = _host_config(tmp_path)
+    config.write_text(config.read_text().replace("required: 1", "required: 0"))
+    res = _host(config, "--no-require-mount")
+    assert res.returncode == 1 and "PolicyError" in res.stderr and "READY" not in res.stdout
+
+
+def test_dam_refuses_a_policy_the_data_disk_did_not_witness(tmp_path: Path) -> None:
+    config = _host_config(tmp_path)
+    assert _host(config, "--no-require-mount").returncode == 0
+    config.write_text(config.read_text().replace("required: 1", "required: 2"))
+    new_hash = subprocess.run([sys.executable, "-m", "asl_capture.host.admin", "policy-hash", "--config",
+                               str(config)], capture_output=True, text=True, check=True).stdout
+    (config.parent / "policy.hash").write_text(new_hash)
+    res = _host(config, "--no-require-mount")
+    assert res.returncode == 1 and "witnessed policy" in res.stderr
