@@ -212,6 +212,19 @@ def hash_file(path: bytes, st: os.stat_result) -> tuple[bytes, int]:
     return _hash(path, st, None)[0], started
 
 
+def sha256_path(path: Path) -> bytes:
+    """SHA-256 of a whole file, streamed (for single files outside a snapshot).
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(BUFFER_SIZE):
+            h.update(chunk)
+    return h.digest()
+
+
 def _chunks(items: list[tuple[bytes, os.stat_result]]) -> list[tuple[int, int]]:
     """Split ``items`` (largest first) into index ranges of bounded file count and bytes."""
     chunks: list[tuple[int, int]] = []

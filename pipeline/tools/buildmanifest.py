@@ -26,17 +26,10 @@ from pathlib import Path
 
 from asl_capture import dcbor
 from asl_capture.errors import AslError
+from asl_capture.hashing import sha256_path
 from asl_capture.manifest import snapshot
 
 _ARCHIVE_PATH = re.compile(r"/((?:dists|pool)/.*)$")
-
-
-def _sha256(path: Path) -> bytes:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.digest()
 
 
 def sources_list(path: Path) -> list[dcbor.Value]:
@@ -73,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         files: dict[str, dcbor.Value] = {}
         for spec in a.file:
             name, _, path = spec.partition("=")
-            files[name] = _sha256(Path(path))
+            files[name] = sha256_path(Path(path))
         doc: dict[str, dcbor.Value] = {
             "v": 1,
             "name": a.name,

@@ -234,13 +234,9 @@ def extract_from_iso(iso: Path, member: str, dest: Path) -> Path:
 
 
 def sha256_file(path: Path) -> str:
-    import hashlib
+    from asl_capture.hashing import sha256_path
 
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_path(path).hex()
 
 
 def tools_missing(tools: Sequence[str]) -> list[str]:
