@@ -149,12 +149,13 @@ def capture(config: CaptureConfig, *, notify: Callable[[str], None]) -> CaptureO
     if passphrase_file is not None:
         child_env[ENV_PASSPHRASE_FILE] = str(passphrase_file)
 
+    before = _Before(prov=prov, signer=signer, store=store, cwd=cwd, take=take, inputs=inputs,
+                     outputs_before=outputs_before, out_roots=out_roots, cache=cache,
+                     sources_stamp=sources_stamp, vcs=vcs, run_id=run_id, parent=parent)
     try:
         result = run(config.argv, env=child_env, cwd=cwd, store=store, forward_output=config.forward_output)
         try:
-            return _record(config, prov, signer, store, result, cwd=cwd, take=take, inputs=inputs,
-                           outputs_before=outputs_before, out_roots=out_roots, cache=cache,
-                           sources_stamp=sources_stamp, vcs=vcs, run_id=run_id, parent=parent)
+            return _record(config, before, result)
         except RecordWriteError:
             raise
         except AslError as exc:
@@ -163,19 +164,34 @@ def capture(config: CaptureConfig, *, notify: Callable[[str], None]) -> CaptureO
         release_signals()
 
 
-def _record(
-    config: CaptureConfig, prov: ProvenanceDir, signer: Signer, store: ObjectStore, result: RunResult, *,
-    cwd: Path, take: Callable[[list[Path]], Manifest], inputs: Manifest, outputs_before: Manifest,
-    out_roots: list[Path], cache: StatCache, sources_stamp: tuple[int, int, int] | None,
-    vcs: dict[str, dcbor.Value] | None, run_id: bytes, parent: bytes | None,
-) -> CaptureOutcome:
+@dataclass(frozen=True)
+class _Before:
+    """What a capture knew before the command ran, for writing its record afterwards."""
+
+    prov: ProvenanceDir
+    signer: Signer
+    store: ObjectStore
+    cwd: Path
+    take: Callable[[list[Path]], Manifest]
+    inputs: Manifest
+    outputs_before: Manifest
+    out_roots: list[Path]
+    cache: StatCache
+    sources_stamp: tuple[int, int, int] | None
+    vcs: dict[str, dcbor.Value] | None
+    run_id: bytes
+    parent: bytes | None
+
+
+def _record(config: CaptureConfig, b: _Before, result: RunResult) -> CaptureOutcome:
     """After the command ran: snapshot outputs, store objects, sign and append the record."""
+    cwd, store, inputs, outputs_before = b.cwd, b.store, b.inputs, b.outputs_before
     errors: list[str] = []
     if result.start_error:
         errors.append(result.start_error)
     outputs_after = outputs_before
     try:
-        outputs_after = take(out_roots)
+        outputs_after = b.take(b.out_roots)
         if outputs_after == outputs_before:  # unchanged: reuse its encoding rather than redo it
             outputs_after = outputs_before
     except AslError as exc:
@@ -184,15 +200,15 @@ def _record(
     if config.sources_file is not None:
         sources_path = _abs(config.sources_file, cwd)
         try:
-            if _stamp(sources_path) in (None, sources_stamp):
+            if _stamp(sources_path) in (None, b.sources_stamp):
                 raise CaptureError(f"{config.sources_file}: sources file was not written by the step")
             sources = read_sources(sources_path)
         except AslError as exc:
             errors.append(str(exc))
-    cache.save(prov.statcache)
+    b.cache.save(b.prov.statcache)
 
     changes = diff(outputs_before, outputs_after)
-    body = _body(config, cwd, result, errors, run_id=run_id, parent=parent, vcs=vcs, sources=sources)
+    body = _body(config, cwd, result, errors, run_id=b.run_id, parent=b.parent, vcs=b.vcs, sources=sources)
     body["inputs"] = {"manifest": store.put(inputs.encode()), "entries": len(inputs.entries), "files": inputs.files}
     body["outputs"] = {
         "manifest": store.put(outputs_after.encode()),
@@ -205,7 +221,7 @@ def _record(
         "deleted": len(changes.deleted),
     }
     try:
-        record, _item = chain.append(prov, signer, lambda _head: dict(body),
+        record, _item = chain.append(b.prov, b.signer, lambda _head: dict(body),
                                      new_chain_id=lambda: secrets.token_bytes(16))
     except AslError as exc:
         raise RecordWriteError(f"the command ran but its record could not be appended: {exc}") from None

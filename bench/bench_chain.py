@@ -86,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("in-toto-run") is None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "in-toto==3.1.0"], check=True)
-    chain_dir = Path(tempfile.gettempdir()) / "asl-bench-chain-v1"
+    chain_dir = Path(tempfile.gettempdir()) / "asl-bench-chain-v2"
     pub = build_chain(chain_dir, args.records)
     verify = [shutil.which("asl-verify") or "asl-verify", "chain", str(chain_dir / "prov"), "--trust", str(pub)]
     asl = shutil.which("asl-capture") or "asl-capture"
