@@ -341,9 +341,7 @@ def snapshot(
         kind = _kind(mode)
         extra: bytes | int | None = None
         size = 0
-        if kind == "f":
-            extra, size = digests[abs_path], st.st_size
-        elif kind == "l":
+        if kind == "l":
             try:
                 extra = os.readlink(abs_path)
             except OSError as exc:
@@ -351,5 +349,5 @@ def snapshot(
             size = len(extra)
         elif kind in ("c", "b"):
             extra = st.st_rdev
-        entries.append(Entry(path_label, kind, stat.S_IMODE(mode), size, extra))
+        add(Entry(path_label, kind, s_imode(mode), size, extra))
     return Manifest(roots=tuple(sorted(set(labels))), entries=tuple(entries))
