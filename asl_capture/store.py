@@ -102,14 +102,15 @@ class ObjectStore:
         self.prov = prov
 
     def put(self, data: bytes) -> bytes:
-        """Store ``data`` (once) and return its SHA-256.
+        """Store ``data`` (once) and return its SHA-256. An existing copy that no longer matches its
+        name (damaged on disk) is replaced.
 
         Raises:
             StoreError: the object cannot be written.
         """
         digest = hashlib.sha256(data).digest()
         target = self.prov.object_path(digest)
-        if target.is_file() and target.stat().st_size == len(data):
+        if self.check(digest) is None:  # present and intact; a damaged copy is replaced below
             return digest
         try:
             target.parent.mkdir(parents=True, exist_ok=True)

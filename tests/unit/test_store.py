@@ -180,3 +180,14 @@ def test_existing_with_a_chain(tmp_path: Path) -> None:
     prov = ProvenanceDir.create(tmp_path / "p")
     prov.chain.write_bytes(b"")
     assert ProvenanceDir.existing(tmp_path / "p") == prov
+
+
+def test_put_replaces_a_damaged_copy_of_the_same_size(tmp_path: Path) -> None:
+    store = ObjectStore(ProvenanceDir.create(tmp_path / "p"))
+    digest = store.put(b"manifest bytes")
+    path = store.prov.object_path(digest)
+    path.chmod(0o644)
+    path.write_bytes(b"MANIFEST BYTES")  # same size, wrong content
+    assert store.check(digest) is not None
+    assert store.put(b"manifest bytes") == digest
+    assert store.check(digest) is None and store.read(digest) == b"manifest bytes"
