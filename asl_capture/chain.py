@@ -22,8 +22,6 @@ from asl_capture.keys import Signer
 from asl_capture.record import StepRecord
 from asl_capture.store import ProvenanceDir
 
-_TAGS = frozenset({cose.COSE_SIGN1_TAG})
-
 
 @dataclass(frozen=True, slots=True)
 class Item:
@@ -58,7 +56,7 @@ def split(data: bytes, *, start: int = 0, name: str = "chain") -> Scan:
     pos, size = start, len(data)
     while pos < size:
         try:
-            value, end = dcbor.decode_item(data, pos, tags=_TAGS)
+            value, end = dcbor.decode_item(data, pos, tags=cose.COSE_TAGS)
         except TruncatedCbor:
             resume = _next_whole_message(data, pos + 1)
             if resume is not None:  # not a crash mid-append: a damaged item with whole records after it
@@ -81,7 +79,7 @@ def _next_whole_message(data: bytes, start: int) -> int | None:
     pos = data.find(b"\xd2\x84", start)
     while pos >= 0:
         try:
-            cose.parse(dcbor.decode_item(data, pos, tags=_TAGS)[0])
+            cose.parse(dcbor.decode_item(data, pos, tags=cose.COSE_TAGS)[0])
         except AslError:
             pos = data.find(b"\xd2\x84", pos + 1)
             continue
@@ -131,7 +129,7 @@ class Head:
 
 
 def _head_from_item(item: Item) -> Head:
-    msg = cose.parse(dcbor.decode_item(item.raw, tags=_TAGS)[0])
+    msg = cose.parse(dcbor.decode_item(item.raw, tags=cose.COSE_TAGS)[0])
     record = StepRecord.from_cbor(msg.payload)
     return Head(chain=record.chain, next_seq=record.seq + 1, prev=item.digest, end=item.offset + len(item.raw))
 
@@ -294,7 +292,7 @@ class RepairResult:
 def _checkpoint_seq(prov: ProvenanceDir) -> int | None:
     """The seq the current checkpoint vouches for (unverified: repair only compares it), or None."""
     try:
-        msg = cose.parse(dcbor.decode(prov.checkpoint.read_bytes(), tags=_TAGS))
+        msg = cose.parse(dcbor.decode(prov.checkpoint.read_bytes(), tags=cose.COSE_TAGS))
         body = dcbor.decode(msg.payload)
     except (OSError, AslError):
         return None

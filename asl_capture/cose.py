@@ -22,7 +22,8 @@ COSE_SIGN1_TAG = 18
 ALG_EDDSA = -8
 STEP_CONTENT_TYPE = "application/vnd.asl.step+cbor"
 RELEASE_CONTENT_TYPE = "application/vnd.asl.release+cbor"
-_TAGS = frozenset({COSE_SIGN1_TAG})
+#: The tags a chain item may carry (for :func:`dcbor.decode`).
+COSE_TAGS = frozenset({COSE_SIGN1_TAG})
 
 
 def key_id(public_raw: bytes) -> bytes:

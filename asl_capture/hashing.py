@@ -248,7 +248,6 @@ class Hasher:
         self.cache = cache if cache is not None else StatCache()
         self.workers = workers or available_cpus()
         self.progress_after = progress_after
-        self.bytes_read = 0
 
     def hash_many(
         self,
@@ -277,7 +276,6 @@ class Hasher:
             return results
         todo.sort(key=lambda item: item[1].st_size, reverse=True)
         total = sum(st.st_size for _p, st in todo)
-        self.bytes_read += total
         reporter = _Reporter(progress, clock + self.progress_after, len(results))
         if self.workers > 1 and hasattr(os, "fork") and (len(todo) >= _PARALLEL_MIN_FILES
                                                          or total >= _PARALLEL_MIN_BYTES):

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 _PARALLEL_MIN_RECORDS = 1000
 CHECKS = ("decode", "signature", "payload", "linkage", "objects", "status")
-_TAGS = frozenset({cose.COSE_SIGN1_TAG})
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,18 +157,14 @@ def _check_checkpoint(
     except OSError:
         raise fail("no signed checkpoint: records cut from the end of the chain could not be detected") from None
     try:
-        msg = cose.parse(dcbor.decode(raw, tags=frozenset({cose.COSE_SIGN1_TAG})))
+        msg = cose.parse(dcbor.decode(raw, tags=cose.COSE_TAGS))
     except (CborError, VerificationError) as exc:
         raise fail(f"malformed: {exc}") from None
-    key = trusted.get(msg.kid)
-    if key is None:
-        raise fail(f"signed by untrusted key id {msg.kid.hex()}")
-    if msg.content_type != chain.CHECKPOINT_CONTENT_TYPE:
-        raise fail(f"content type {msg.content_type!r} is not a checkpoint")
+    problem = _trust_problem(msg, trusted, chain.CHECKPOINT_CONTENT_TYPE, "a checkpoint")
+    if problem is not None:
+        raise fail(problem)
     try:
-        body = dcbor.decode(cose.verify(msg, key))
-    except VerificationError:
-        raise fail("signature does not verify") from None
+        body = dcbor.decode(msg.payload)
     except CborError as exc:
         raise fail(f"malformed payload: {exc}") from None
     if not isinstance(body, dict) or set(body) != {"v", "chain", "seq", "digest"} or body["v"] != 1:
@@ -188,17 +183,25 @@ def _check_checkpoint(
     return f"signed checkpoint at seq {seq}" + (f" ({after} later record(s) appended after it)" if after else "")
 
 
-def _check_one(index: int, msg: cose.Sign1, trusted: dict[bytes, Ed25519PublicKey]) -> None:
+def _trust_problem(msg: cose.Sign1, trusted: dict[bytes, Ed25519PublicKey], content_type: str,
+                   what: str) -> str | None:
+    """Why ``msg`` is not a valid signature by a trusted key over ``what``, or None when it is."""
     key = trusted.get(msg.kid)
     if key is None:
-        raise VerificationError(f"signed by untrusted key id {msg.kid.hex()}", check="signature", record=index)
-    if msg.content_type != cose.STEP_CONTENT_TYPE:
-        raise VerificationError(f"content type {msg.content_type!r} is not a step record",
-                                check="signature", record=index)
+        return f"signed by untrusted key id {msg.kid.hex()}"
+    if msg.content_type != content_type:
+        return f"content type {msg.content_type!r} is not {what}"
     try:
         cose.verify(msg, key)
     except VerificationError:
-        raise VerificationError("Ed25519 signature does not verify", check="signature", record=index) from None
+        return "Ed25519 signature does not verify"
+    return None
+
+
+def _check_one(index: int, msg: cose.Sign1, trusted: dict[bytes, Ed25519PublicKey]) -> None:
+    problem = _trust_problem(msg, trusted, cose.STEP_CONTENT_TYPE, "a step record")
+    if problem is not None:
+        raise VerificationError(problem, check="signature", record=index)
 
 
 def _first_bad(messages: list[cose.Sign1], start: int, trusted: dict[bytes, Ed25519PublicKey]) -> int | None:

@@ -25,6 +25,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ensure_in_toto, make_key, summary
+
 from asl_capture import chain, dcbor
 from asl_capture.keys import generate, load_signer
 from asl_capture.manifest import Changes, Manifest
@@ -73,19 +77,13 @@ def run(argv: list[str], *, cwd: Path, env: dict[str, str] | None = None) -> flo
     return elapsed
 
 
-def summary(name: str, values: list[float]) -> str:
-    return (f"{name:<40} min {min(values):7.4f}  median {statistics.median(values):7.4f}  "
-            f"max {max(values):7.4f}  (n={len(values)})")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--reps", type=int, default=21)
     parser.add_argument("--verify-reps", type=int, default=5)
     args = parser.parse_args()
-    if shutil.which("in-toto-run") is None:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "in-toto==3.1.0"], check=True)
+    ensure_in_toto()
     chain_dir = Path(tempfile.gettempdir()) / "asl-bench-chain-v2"
     pub = build_chain(chain_dir, args.records)
     verify = [shutil.which("asl-verify") or "asl-verify", "chain", str(chain_dir / "prov"), "--trust", str(pub)]
@@ -96,9 +94,7 @@ def main() -> None:
     intoto_times: list[float] = []
     with tempfile.TemporaryDirectory(prefix="asl-bench-start-") as tmp:
         work = Path(tmp)
-        key = work / "ed25519.pem"
-        subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(key)], check=True)
-        key.chmod(0o600)
+        key = make_key(work)
         prov = work / "prov"
         env = {k: v for k, v in os.environ.items() if not k.startswith("ASL_CAPTURE")}
 
@@ -125,9 +121,9 @@ def main() -> None:
                 verify_times.append(run(verify, cwd=work))
     rate = args.records / statistics.median(verify_times)
     ratio = statistics.median(asl_times) / statistics.median(intoto_times)
-    print(summary(f"asl-verify chain ({args.records} records) s", verify_times))
-    print(summary("asl-capture -- true s", asl_times))
-    print(summary("in-toto-run -- true s", intoto_times))
+    print(summary(f"asl-verify chain ({args.records} records) s", verify_times, width=40, digits=4))
+    print(summary("asl-capture -- true s", asl_times, width=40, digits=4))
+    print(summary("in-toto-run -- true s", intoto_times, width=40, digits=4))
     ok_rate, ok_ratio = rate >= 5000, ratio <= 0.5
     print(f"verify records/s  {rate:9.0f}  target >= 5000  {'PASS' if ok_rate else 'FAIL'}")
     print(f"capture/in-toto   {ratio:9.3f}  target <= 0.5   {'PASS' if ok_ratio else 'FAIL'}")

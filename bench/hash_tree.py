@@ -27,6 +27,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ensure_in_toto, make_key, summary
+
 SEED = 20240601
 SMALL_FILES = 20_000
 LARGE_FILES = 20
@@ -106,26 +110,6 @@ def timed(argv: list[str], *, cwd: Path, shell: bool = False) -> tuple[float, in
     if proc.returncode != 0:
         sys.exit(f"command failed ({proc.returncode}): {argv}\n{err.decode(errors='replace')}")
     return elapsed, usage.ru_maxrss
-
-
-def ensure_in_toto() -> None:
-    """Install in-toto 3.1.0 from PyPI if ``in-toto-run`` is missing (the bench only needs it)."""
-    if shutil.which("in-toto-run") is None:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "in-toto==3.1.0"], check=True)
-
-
-def make_key(work: Path) -> Path:
-    """An Ed25519 PKCS#8 PEM key (mode 0600) that both in-toto-run and asl-capture accept."""
-    key = work / "ed25519.pem"
-    if not key.exists():
-        subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(key)], check=True)
-        key.chmod(0o600)
-    return key
-
-
-def summary(name: str, values: list[float]) -> str:
-    return (f"{name:<34} min {min(values):7.3f}  median {statistics.median(values):7.3f}  "
-            f"max {max(values):7.3f}  (n={len(values)})")
 
 
 def main() -> None:

@@ -21,13 +21,11 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import summary
 
 from tests.integration.pipeline_fixtures import boot, copy_tree, make_data_disk, run_build
-
-
-def summary(name: str, values: list[float]) -> str:
-    return (f"{name:<34} min {min(values):7.1f}  median {statistics.median(values):7.1f}  "
-            f"max {max(values):7.1f}  (n={len(values)})")
 
 
 def main() -> None:
@@ -48,8 +46,8 @@ def main() -> None:
                 digests.add(hashlib.sha256(build.iso.read_bytes()).hexdigest())
                 iso = build.iso
                 print(f"round {r}: {'captured' if captured else 'bare    '} {build.seconds:6.1f} s", flush=True)
-        print(summary("bare build s", times[False]))
-        print(summary("captured build s (outer + 4 steps)", times[True]))
+        print(summary("bare build s", times[False], digits=1))
+        print(summary("captured build s (outer + 4 steps)", times[True], digits=1))
         ratio = statistics.median(times[True]) / statistics.median(times[False])
         print(f"captured/bare {ratio:8.3f}  target <= 1.15  {'PASS' if ratio <= 1.15 else 'FAIL'}")
         print(f"ISO size {iso.stat().st_size / 2**20:.1f} MiB; identical ISO from all {2 * args.rounds} builds: "
