@@ -38,9 +38,9 @@ RACY_NS = 2_000_000_000
 PROGRESS_AFTER = 1.0
 _PROGRESS_EVERY = 0.25
 _MAX_ATTEMPTS = 3
-_CACHE_MAGIC = b"ASLSTAT2"
-#: dev, ino, size, mtime_ns, ctime_ns, mode, hashed_at, digest, path offset, path length
-_ENTRY = struct.Struct("<QQQqqIq32sII")
+_CACHE_MAGIC = b"ASLSTAT3"
+#: dev, ino, size, mtime_ns, ctime_ns, mode, hashed_at, digest (the paths follow, NUL-separated)
+_ENTRY = struct.Struct("<QQQqqIq32s")
 _COUNT = struct.Struct("<Q")
 #: Below this much work, hashing stays in the calling process.
 _PARALLEL_MIN_FILES = 128
@@ -52,8 +52,15 @@ _SLOT = 33
 _OK, _FAILED = 1, 2
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
 
-#: A cache record: (dev, ino, size, mtime_ns, ctime_ns, mode, hashed_at, digest, ...).
+#: A cache record: (dev, ino, size, mtime_ns, ctime_ns, mode, hashed_at, digest).
 CacheRecord = tuple[Any, ...]
+#: What a file's ``lstat`` says about its identity: (dev, ino, size, mtime_ns, ctime_ns, mode).
+Ident = tuple[int, int, int, int, int, int]
+
+
+def ident(st: os.stat_result) -> Ident:
+    """The identity fields of a stat result, as a plain (marshal-able) tuple."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
 
 
 def available_cpus() -> int:
@@ -103,9 +110,17 @@ class StatCache:
 
     def store(self, path: bytes, st: os.stat_result, digest: bytes, hashed_at: int) -> None:
         """Remember the digest of ``path`` whose stat was ``st`` when hashing began at ``hashed_at`` (ns)."""
-        self._entries[path] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode,
-                               hashed_at, digest)
+        self.store_ident(path, ident(st), digest, hashed_at)
+
+    def store_ident(self, path: bytes, identity: Ident, digest: bytes, hashed_at: int) -> None:
+        """As :meth:`store`, from an :data:`Ident`."""
+        self._entries[path] = (*identity, hashed_at, digest)
         self.dirty = True
+
+    @property
+    def table(self) -> dict[bytes, CacheRecord]:
+        """The entries, for a walker that inlines :meth:`lookup` (same fields, same rule); do not modify."""
+        return self._entries
 
     @classmethod
     def load(cls, path: Path) -> StatCache:
@@ -123,26 +138,22 @@ class StatCache:
         table_end = head + count * _ENTRY.size
         if table_end > len(data) - 32:
             return cls()
-        blob = data[table_end:-32]
+        names = data[table_end:-32].split(b"\0") if count else []
+        if len(names) != count:
+            return cls()
         try:
-            entries = {blob[r[8] : r[8] + r[9]]: r for r in _ENTRY.iter_unpack(memoryview(data)[head:table_end])}
+            records = _ENTRY.iter_unpack(memoryview(data)[head:table_end])
         except struct.error:
             return cls()
-        return cls(entries)
+        return cls(dict(zip(names, records, strict=True)))
 
     def save(self, path: Path) -> None:
         """Write the cache atomically (temporary file, rename) if it changed. Errors are ignored."""
         if not self.dirty:
             return
         pack = _ENTRY.pack
-        table: list[bytes] = []
-        names: list[bytes] = []
-        offset = 0
-        for name, e in self._entries.items():
-            table.append(pack(e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7], offset, len(name)))
-            names.append(name)
-            offset += len(name)
-        body = b"".join([_CACHE_MAGIC, _COUNT.pack(len(table)), *table, *names])
+        table = [pack(*e) for e in self._entries.values()]
+        body = b"".join([_CACHE_MAGIC, _COUNT.pack(len(table)), *table, b"\0".join(self._entries)])
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             with open(tmp, "wb") as handle:
@@ -153,14 +164,6 @@ class StatCache:
             tmp.unlink(missing_ok=True)
         else:
             self.dirty = False
-
-
-def _unchanged(st: os.stat_result, after: os.stat_result, nread: int) -> bool:
-    return (
-        after.st_size == nread == st.st_size
-        and after.st_mtime_ns == st.st_mtime_ns
-        and after.st_ctime_ns == st.st_ctime_ns
-    )
 
 
 def _read_digest(fd: int, size: int, buf: memoryview | None) -> tuple[bytes, int, memoryview | None]:
@@ -178,26 +181,26 @@ def _read_digest(fd: int, size: int, buf: memoryview | None) -> tuple[bytes, int
     return h.digest(), total, buf
 
 
-def _hash(path: bytes, st: os.stat_result, buf: memoryview | None) -> tuple[bytes, memoryview | None]:
+def _hash(path: bytes, identity: Ident, buf: memoryview | None) -> tuple[bytes, memoryview | None]:
+    dev, ino, size, mtime, ctime = identity[0], identity[1], identity[2], identity[3], identity[4]
     for _ in range(_MAX_ATTEMPTS):
         try:
             fd = os.open(path, _OPEN_FLAGS)
         except OSError as exc:
             raise SnapshotError(f"{os.fsdecode(path)}: cannot open: {exc.strerror}") from None
         try:
-            digest, nread, buf = _read_digest(fd, st.st_size, buf)
+            digest, nread, buf = _read_digest(fd, size, buf)
             after = os.fstat(fd)
         except OSError as exc:
             raise SnapshotError(f"{os.fsdecode(path)}: cannot read: {exc.strerror}") from None
         finally:
             os.close(fd)
-        if (after.st_dev, after.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(after.st_mode):
+        if after.st_ino != ino or after.st_dev != dev or not stat.S_ISREG(after.st_mode):
             raise SnapshotError(f"{os.fsdecode(path)}: file was replaced while the tree was being snapshotted")
-        if _unchanged(st, after, nread):
-            return digest, buf
-        if not (after.st_size == st.st_size and after.st_mtime_ns == st.st_mtime_ns
-                and after.st_ctime_ns == st.st_ctime_ns):
+        if after.st_size != size or after.st_mtime_ns != mtime or after.st_ctime_ns != ctime:
             break  # changed since it was listed: its listed size and this digest could disagree
+        if nread == size:
+            return digest, buf
         # same metadata but a different byte count: a change within one timestamp tick; read again
     raise SnapshotError(f"{os.fsdecode(path)}: file changed while the tree was being snapshotted")
 
@@ -209,7 +212,7 @@ def hash_file(path: bytes, st: os.stat_result) -> tuple[bytes, int]:
         SnapshotError: the file cannot be opened or read, was replaced, or kept changing.
     """
     started = time.time_ns()
-    return _hash(path, st, None)[0], started
+    return _hash(path, ident(st), None)[0], started
 
 
 def sha256_path(path: Path) -> bytes:
@@ -225,13 +228,13 @@ def sha256_path(path: Path) -> bytes:
     return h.digest()
 
 
-def _chunks(items: list[tuple[bytes, os.stat_result]]) -> list[tuple[int, int]]:
+def _chunks(items: list[tuple[bytes, Ident]]) -> list[tuple[int, int]]:
     """Split ``items`` (largest first) into index ranges of bounded file count and bytes."""
     chunks: list[tuple[int, int]] = []
     most = max(_CHUNK_FILES, len(items) // 8192 + 1)  # at most ~8192 chunks: their queue must fit a pipe
     start = size = 0
-    for i, (_path, st) in enumerate(items):
-        size += st.st_size
+    for i, (_path, identity) in enumerate(items):
+        size += identity[2]
         if i + 1 - start >= most or size >= _CHUNK_BYTES:
             chunks.append((start, i + 1))
             start, size = i + 1, 0
@@ -255,40 +258,58 @@ class Hasher:
         *,
         progress: Callable[[int], None] | None = None,
     ) -> dict[bytes, bytes]:
-        """Digests of ``(path, lstat)`` pairs, by path. ``progress(files done)`` is called now and
-        then, only once hashing has taken longer than ``progress_after`` seconds.
+        """Digests of ``(path, lstat)`` pairs, by path, read from the cache where it proves them current.
+        ``progress(files done)`` is called now and then, only once hashing has taken longer than
+        ``progress_after`` seconds.
 
         Raises:
             SnapshotError: as :func:`hash_file`, for the first failing file.
         """
-        started = time.time_ns()  # conservative "hashed at" for every file read below
-        clock = time.monotonic()
         lookup = self.cache.lookup
         results: dict[bytes, bytes] = {}
-        todo: list[tuple[bytes, os.stat_result]] = []
+        todo: list[tuple[bytes, Ident]] = []
         for path, st in files:
             digest = lookup(path, st)
             if digest is None:
-                todo.append((path, st))
+                todo.append((path, ident(st)))
             else:
                 results[path] = digest
-        if not todo:
-            return results
-        todo.sort(key=lambda item: item[1].st_size, reverse=True)
-        total = sum(st.st_size for _p, st in todo)
-        reporter = _Reporter(progress, clock + self.progress_after, len(results))
-        if self.workers > 1 and hasattr(os, "fork") and (len(todo) >= _PARALLEL_MIN_FILES
-                                                         or total >= _PARALLEL_MIN_BYTES):
-            digests = _hash_forked(todo, self.workers, reporter)
-        else:
-            digests = _hash_serial(todo, reporter)
-        store = self.cache.store
-        for (path, st), digest in zip(todo, digests, strict=True):
+        for (path, _identity), digest in zip(todo, self.hash_files(todo, progress=progress, done=len(results)),
+                                             strict=True):
             results[path] = digest
-            store(path, st, digest, started)
         return results
 
+    def hash_files(
+        self,
+        todo: list[tuple[bytes, Ident]],
+        *,
+        progress: Callable[[int], None] | None = None,
+        done: int = 0,
+    ) -> list[bytes]:
+        """Digests of ``(path, identity)`` pairs, in order, all read (no cache look-up) and then cached.
+        ``done`` is added to the counts passed to ``progress``.
 
+        Raises:
+            SnapshotError: as :func:`hash_file`, for the first failing file.
+        """
+        if not todo:
+            return []
+        started = time.time_ns()  # conservative "hashed at" for every file read below
+        reporter = _Reporter(progress, time.monotonic() + self.progress_after, done)
+        order = sorted(range(len(todo)), key=lambda i: todo[i][1][2], reverse=True)  # largest first
+        ordered = [todo[i] for i in order]
+        total = sum(identity[2] for _p, identity in todo)
+        if self.workers > 1 and hasattr(os, "fork") and (len(todo) >= _PARALLEL_MIN_FILES
+                                                         or total >= _PARALLEL_MIN_BYTES):
+            digests = _hash_forked(ordered, self.workers, reporter)
+        else:
+            digests = _hash_serial(ordered, reporter)
+        out: list[bytes] = [b""] * len(todo)
+        store = self.cache.store_ident
+        for i, (path, identity), digest in zip(order, ordered, digests, strict=True):
+            out[i] = digest
+            store(path, identity, digest, started)
+        return out
 class _Reporter:
     """Rate-limited progress reports that start only after a deadline."""
 
@@ -305,18 +326,18 @@ class _Reporter:
                 self.progress(self.base + done)
 
 
-def _hash_serial(todo: list[tuple[bytes, os.stat_result]], report: _Reporter) -> list[bytes]:
+def _hash_serial(todo: list[tuple[bytes, Ident]], report: _Reporter) -> list[bytes]:
     buf: memoryview | None = None
     out: list[bytes] = []
-    for i, (path, st) in enumerate(todo):
-        digest, buf = _hash(path, st, buf)
+    for i, (path, identity) in enumerate(todo):
+        digest, buf = _hash(path, identity, buf)
         out.append(digest)
         if not i & 63:
             report(i)
     return out
 
 
-def _hash_forked(todo: list[tuple[bytes, os.stat_result]], workers: int, report: _Reporter) -> list[bytes]:
+def _hash_forked(todo: list[tuple[bytes, Ident]], workers: int, report: _Reporter) -> list[bytes]:
     """Hash ``todo`` in this process and ``workers - 1`` forked helpers sharing a result ``mmap``.
 
     A helper that fails on a file marks it failed and goes on; a helper that dies leaves its slots
@@ -354,29 +375,27 @@ def _hash_forked(todo: list[tuple[bytes, os.stat_result]], workers: int, report:
         os.close(tasks_r)
         for pid in pids:
             os.waitpid(pid, 0)
-    out: list[bytes] = []
-    buf: memoryview | None = None
-    for i, (path, st) in enumerate(todo):
-        slot = shared[i * _SLOT : (i + 1) * _SLOT]
-        if slot[0] == _OK:
-            out.append(slot[1:])
-        else:  # failed or never done: hash it here, raising the error if it persists
-            digest, buf = _hash(path, st, buf)
-            out.append(digest)
+    data = shared[:]
     shared.close()
+    out = [data[o + 1 : o + _SLOT] for o in range(0, len(data), _SLOT)]
+    if data[::_SLOT].count(_OK) != len(todo):
+        buf: memoryview | None = None
+        for i, (path, identity) in enumerate(todo):
+            if data[i * _SLOT] != _OK:  # failed or never done: hash it here, raising the error if it persists
+                out[i], buf = _hash(path, identity, buf)
     return out
 
 
-def _work(todo: list[tuple[bytes, os.stat_result]], chunks: list[tuple[int, int]], tasks: int,
+def _work(todo: list[tuple[bytes, Ident]], chunks: list[tuple[int, int]], tasks: int,
           shared: mmap.mmap, report: _Reporter | None) -> None:
     buf: memoryview | None = None
     while len(raw := os.read(tasks, 4)) == 4:
         (index,) = struct.unpack("<I", raw)
         start, end = chunks[index]
         for i in range(start, end):
-            path, st = todo[i]
+            path, identity = todo[i]
             try:
-                digest, buf = _hash(path, st, buf)
+                digest, buf = _hash(path, identity, buf)
             except SnapshotError:
                 shared[i * _SLOT] = _FAILED
                 continue
