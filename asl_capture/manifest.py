@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from asl_capture import dcbor
-from asl_capture.errors import CborError, SnapshotError
+from asl_capture.errors import CborError
 from asl_capture.hashing import Hasher
+from asl_capture.scan import Row, Skip, scan
 
 MANIFEST_VERSION = 1
 KINDS = ("f", "d", "l", "c", "b", "p", "s")
@@ -252,53 +253,14 @@ class Excluder:
 
     def skip(self, abs_path: bytes, label: bytes, name: bytes) -> bool:
         """True when the path is excluded (its subtree is then skipped too)."""
-        if abs_path in self.absolute or name == b".git":
-            return True
+        return abs_path in self.absolute or name == b".git" or self.matches(abs_path, label, name)
+
+    def matches(self, abs_path: bytes, label: bytes, name: bytes) -> bool:
+        """True when a glob pattern matches the path's label or name."""
         if not self.patterns:
             return False
         text_label, text_name = os.fsdecode(label), os.fsdecode(name)
         return any(fnmatch.fnmatchcase(text_label, p) or fnmatch.fnmatchcase(text_name, p) for p in self.patterns)
-
-
-def _walk(
-    root: bytes, label: bytes, excluder: Excluder, rows: dict[bytes, tuple[int, os.stat_result, bytes]]
-) -> None:
-    """Add ``label path -> (mode, lstat, abs path)`` to ``rows`` for ``root`` and everything under it.
-
-    Never follows symlinks. Scans with byte paths, so names need no re-encoding.
-    """
-    try:
-        st = os.lstat(root)
-    except OSError as exc:
-        raise SnapshotError(f"{os.fsdecode(root)}: cannot stat: {exc.strerror}") from None
-    rows[label] = (st.st_mode, st, root)
-    if not stat.S_ISDIR(st.st_mode):
-        return
-    skip_abs, patterns, skip = excluder.absolute, excluder.patterns, excluder.skip
-    s_isdir = stat.S_ISDIR
-    stack = [(root, label)]
-    while stack:
-        directory, dir_label = stack.pop()
-        prefix = b"" if dir_label == b"." else dir_label + b"/"
-        try:
-            with os.scandir(directory) as it:
-                children = list(it)
-        except OSError as exc:
-            raise SnapshotError(f"{os.fsdecode(directory)}: cannot list directory: {exc.strerror}") from None
-        for child in children:
-            name: bytes = child.name
-            abs_path: bytes = child.path
-            child_label = prefix + name
-            if name == b".git" or abs_path in skip_abs or (patterns and skip(abs_path, child_label, name)):
-                continue
-            try:
-                cst = child.stat(follow_symlinks=False)
-            except OSError as exc:
-                raise SnapshotError(f"{os.fsdecode(abs_path)}: cannot stat: {exc.strerror}") from None
-            mode = cst.st_mode
-            rows[child_label] = (mode, cst, abs_path)
-            if s_isdir(mode):
-                stack.append((abs_path, child_label))
 
 
 def snapshot(
@@ -320,34 +282,27 @@ def snapshot(
     base = base if base is not None else Path.cwd()
     excluder = excluder if excluder is not None else Excluder()
     hasher = hasher if hasher is not None else Hasher()
-    rows: dict[bytes, tuple[int, os.stat_result, bytes]] = {}
     labels: list[bytes] = []
+    pairs: list[tuple[bytes, bytes]] = []
     for root in roots:
         label = label_for(root, base)
         labels.append(label)
         if missing_ok and not os.path.lexists(root):
             continue
-        _walk(os.fsencode(os.path.abspath(root)), label, excluder, rows)
-    s_isreg, s_imode = stat.S_ISREG, stat.S_IMODE
-    files = [(abs_path, st) for (mode, st, abs_path) in rows.values() if s_isreg(mode)]
-    digests = hasher.hash_many(files, progress=progress)
-    entries: list[Entry] = []
-    add = entries.append
-    for path_label in sorted(rows):
-        mode, st, abs_path = rows[path_label]
-        if s_isreg(mode):
-            add(Entry(path_label, "f", s_imode(mode), st.st_size, digests[abs_path]))
-            continue
-        kind = _kind(mode)
-        extra: bytes | int | None = None
-        size = 0
-        if kind == "l":
-            try:
-                extra = os.readlink(abs_path)
-            except OSError as exc:
-                raise SnapshotError(f"{os.fsdecode(abs_path)}: cannot read symlink: {exc.strerror}") from None
-            size = len(extra)
-        elif kind in ("c", "b"):
-            extra = st.st_rdev
-        add(Entry(path_label, kind, s_imode(mode), size, extra))
-    return Manifest(roots=tuple(sorted(set(labels))), entries=tuple(entries))
+        pairs.append((os.fsencode(os.path.abspath(root)), label))
+    skip = Skip(excluder.absolute, excluder.matches if excluder.patterns else None)
+    rows, misses = scan(pairs, skip=skip, cache=hasher.cache, workers=hasher.workers)
+    if misses:
+        known = sum(1 for row in rows if row[1] == "f") if progress is not None else 0
+        digests = hasher.hash_files([(abs_path, identity) for _label, abs_path, identity in misses],
+                                    progress=progress, done=known)
+        rows.extend((label, "f", identity[5] & 0o7777, identity[2], digest)
+                    for (label, _abs_path, identity), digest in zip(misses, digests, strict=True))
+    if len(pairs) > 1:  # roots may overlap: one row per label
+        rows = list({row[0]: row for row in rows}.values())
+    rows.sort(key=_label)
+    return Manifest(roots=tuple(sorted(set(labels))), entries=tuple(map(Entry._make, rows)))
+
+
+def _label(row: Row) -> bytes:
+    return row[0]

@@ -1,0 +1,269 @@
+"""The ``lstat`` walk of a snapshot's roots, shared across cores, with stat-cache look-ups inline.
+
+The walk uses ``os.scandir`` and ``lstat`` only and never follows a symlink. For every path it
+produces either a finished manifest row ``(label, kind, permission bits, size, extra)`` or, for a
+regular file the :class:`~asl_capture.hashing.StatCache` cannot vouch for, a *miss*
+``(label, absolute path, identity)`` left for the hasher. The cache rule is
+:meth:`StatCache.lookup`'s, inlined here because this loop runs once per path.
+
+This process lists the roots breadth-first until there are enough directories to share; then
+forked helpers (Linux, more than one core) and this process take whole subtrees from a pipe, and
+each helper sends its rows back through its own pipe with :mod:`marshal`, together with the
+subtrees it finished. A subtree a helper did not report (it died, or failed) is walked again
+here, so a lost helper costs time, never a row, and any error is raised here with its usual
+one-line message naming the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import marshal
+import os
+import stat
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from asl_capture import hashing
+from asl_capture.errors import SnapshotError
+from asl_capture.hashing import CacheRecord, Ident, StatCache
+
+#: ``(label, kind, permission bits, size, extra)``: a manifest entry as a plain tuple.
+Row = tuple[bytes, str, int, int, bytes | int | None]
+#: ``(label, absolute path, identity)``: a regular file that must be read.
+Miss = tuple[bytes, bytes, Ident]
+
+#: Share the walk only once this many directories are waiting and this many paths were seen.
+_SHARE_DIRS = 16
+_SHARE_PATHS = 2000
+#: At most this many tasks (groups of subtrees), so their indices fit in a pipe's buffer.
+_MAX_TASKS = 4096
+_TASK = struct.Struct("<I")
+
+_S_IFMT, _S_IFREG, _S_IFDIR, _S_IFLNK = 0o170000, stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK
+_OTHER_KINDS = {stat.S_IFCHR: "c", stat.S_IFBLK: "b", stat.S_IFIFO: "p", stat.S_IFSOCK: "s"}
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Which children the walk leaves out (with their subtrees)."""
+
+    absolute: frozenset[bytes] = frozenset()
+    #: ``(absolute path, label, name) -> bool`` for pattern exclusions, or None when there are none.
+    matches: Callable[[bytes, bytes, bytes], bool] | None = None
+
+
+@dataclass
+class _Walk:
+    """Rows, misses and cache hits gathered by one process."""
+
+    skip: Skip
+    table: dict[bytes, CacheRecord]
+    rows: list[Row] = field(default_factory=list)
+    misses: list[Miss] = field(default_factory=list)
+    hits: int = 0
+
+    def add_path(self, abs_path: bytes, label: bytes, st: os.stat_result, pending: Callable[[Any], None]) -> None:
+        """Record one path (a root) from its ``lstat``; a directory is handed to ``pending``."""
+        mode = st.st_mode
+        fmt = mode & _S_IFMT
+        if fmt == _S_IFREG:
+            c = self.table.get(abs_path)
+            if c is not None and _current(c, st):
+                self.rows.append((label, "f", mode & 0o7777, st.st_size, c[7]))
+                self.hits += 1
+            else:
+                self.misses.append((label, abs_path, hashing.ident(st)))
+        elif fmt == _S_IFDIR:
+            self.rows.append((label, "d", mode & 0o7777, 0, None))
+            pending((abs_path, label))
+        else:
+            self.rows.append(_other(abs_path, label, mode, st))
+
+    def list_dir(self, directory: bytes, dir_label: bytes, pending: Callable[[Any], None]) -> None:
+        """Record every child of one directory; subdirectories are handed to ``pending``."""
+        rows, add, miss = self.rows, self.rows.append, self.misses.append
+        get, racy = self.table.get, hashing.RACY_NS
+        skip_abs, matches = self.skip.absolute, self.skip.matches
+        prefix = b"" if dir_label == b"." else dir_label + b"/"
+        hits = 0
+        try:
+            with os.scandir(directory) as it:
+                for child in it:
+                    name = child.name
+                    abs_path = child.path
+                    label = prefix + name
+                    if name == b".git" or abs_path in skip_abs or (matches is not None
+                                                                  and matches(abs_path, label, name)):
+                        continue
+                    try:
+                        st = child.stat(follow_symlinks=False)
+                    except OSError as exc:
+                        raise SnapshotError(f"{os.fsdecode(abs_path)}: cannot stat: {exc.strerror}") from None
+                    mode = st.st_mode
+                    fmt = mode & _S_IFMT
+                    if fmt == _S_IFREG:
+                        size, mtime, ctime = st.st_size, st.st_mtime_ns, st.st_ctime_ns
+                        c = get(abs_path)  # _current(), inlined: this runs once per file
+                        if (c is not None and c[3] == mtime and c[4] == ctime and c[2] == size
+                                and c[1] == st.st_ino and c[0] == st.st_dev and c[5] == mode
+                                and (mtime if mtime > ctime else ctime) + racy < c[6]):
+                            add((label, "f", mode & 0o7777, size, c[7]))
+                            hits += 1
+                        else:
+                            miss((label, abs_path, (st.st_dev, st.st_ino, size, mtime, ctime, mode)))
+                    elif fmt == _S_IFDIR:
+                        add((label, "d", mode & 0o7777, 0, None))
+                        pending((abs_path, label))
+                    else:
+                        rows.append(_other(abs_path, label, mode, st))
+        except OSError as exc:
+            raise SnapshotError(f"{os.fsdecode(directory)}: cannot list directory: {exc.strerror}") from None
+        self.hits += hits
+
+    def subtree(self, directory: bytes, label: bytes) -> None:
+        """Record everything below ``directory``, depth first."""
+        stack = [(directory, label)]
+        pop, push = stack.pop, stack.append
+        while stack:
+            d, d_label = pop()
+            self.list_dir(d, d_label, push)
+
+
+def _current(c: CacheRecord, st: os.stat_result) -> bool:
+    """Whether cache record ``c`` vouches for a file whose ``lstat`` is ``st`` (as StatCache.lookup)."""
+    return bool(c[3] == st.st_mtime_ns and c[4] == st.st_ctime_ns and c[2] == st.st_size
+                and c[1] == st.st_ino and c[0] == st.st_dev and c[5] == st.st_mode
+                and max(c[3], c[4]) + hashing.RACY_NS < c[6])
+
+
+def _other(abs_path: bytes, label: bytes, mode: int, st: os.stat_result) -> Row:
+    """The row of a symlink, device, fifo or socket."""
+    fmt = mode & _S_IFMT
+    if fmt == _S_IFLNK:
+        try:
+            target = os.readlink(abs_path)
+        except OSError as exc:
+            raise SnapshotError(f"{os.fsdecode(abs_path)}: cannot read symlink: {exc.strerror}") from None
+        return (label, "l", mode & 0o7777, len(target), target)
+    kind = _OTHER_KINDS.get(fmt, "s")
+    return (label, kind, mode & 0o7777, 0, st.st_rdev if kind in ("c", "b") else None)
+
+
+def scan(
+    roots: list[tuple[bytes, bytes]], *, skip: Skip, cache: StatCache, workers: int
+) -> tuple[list[Row], list[Miss]]:
+    """Rows and misses for ``(absolute root, label)`` pairs, in no particular order.
+
+    Raises:
+        SnapshotError: a root or path cannot be listed, stat'ed or read (symlinks), naming it.
+    """
+    walk = _Walk(skip, cache.table)
+    waiting: deque[tuple[bytes, bytes]] = deque()
+    for root, label in roots:
+        try:
+            st = os.lstat(root)
+        except OSError as exc:
+            raise SnapshotError(f"{os.fsdecode(root)}: cannot stat: {exc.strerror}") from None
+        walk.add_path(root, label, st, waiting.append)
+    # breadth first here until there is enough to share
+    while waiting and (workers < 2 or len(waiting) < _SHARE_DIRS
+                       or len(walk.rows) + len(walk.misses) < _SHARE_PATHS):
+        directory, label = waiting.popleft()
+        walk.list_dir(directory, label, waiting.append)
+    if waiting:
+        _share(list(waiting), walk, workers)
+    cache.hits += walk.hits
+    cache.misses += len(walk.misses)
+    return walk.rows, walk.misses
+
+
+def _tasks(subtrees: list[tuple[bytes, bytes]]) -> list[list[tuple[bytes, bytes]]]:
+    per = -(-len(subtrees) // _MAX_TASKS)
+    return [subtrees[i : i + per] for i in range(0, len(subtrees), per)]
+
+
+def _share(subtrees: list[tuple[bytes, bytes]], walk: _Walk, workers: int) -> None:
+    """Walk ``subtrees`` in this process and forked helpers, adding everything to ``walk``."""
+    tasks = _tasks(subtrees)
+    tasks_r, tasks_w = os.pipe()
+    os.write(tasks_w, b"".join(_TASK.pack(i) for i in range(len(tasks))))  # < 16 KiB: never blocks
+    os.close(tasks_w)
+    helpers: list[tuple[int, int]] = []
+    done: set[int] = set()
+    try:
+        for _ in range(min(workers, len(tasks)) - 1):
+            result_r, result_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the helper
+                code = 1
+                try:
+                    os.close(result_r)
+                    for _pid, other in helpers:
+                        os.close(other)
+                    _help(tasks, tasks_r, result_w, _Walk(walk.skip, walk.table))
+                    code = 0
+                finally:
+                    os._exit(code)
+            os.close(result_w)
+            helpers.append((pid, result_r))
+        error: SnapshotError | None = None
+        try:
+            _take(tasks, tasks_r, walk, done)
+        except SnapshotError as exc:
+            error = exc
+        for _pid, result_r in helpers:
+            _collect(result_r, walk, done)
+    finally:
+        os.close(tasks_r)
+        for pid, result_r in helpers:
+            os.close(result_r)
+            os.waitpid(pid, 0)
+    if error is not None:
+        raise error
+    for index, task in enumerate(tasks):  # lost with a failed or dead helper: walk it here
+        if index not in done:
+            for directory, label in task:
+                walk.subtree(directory, label)
+
+
+def _take(tasks: list[list[tuple[bytes, bytes]]], tasks_r: int, walk: _Walk, done: set[int]) -> None:
+    """Walk tasks from the pipe until it is empty. On an error, ``walk`` keeps only whole tasks."""
+    while len(raw := os.read(tasks_r, _TASK.size)) == _TASK.size:
+        (index,) = _TASK.unpack(raw)
+        kept = len(walk.rows), len(walk.misses), walk.hits
+        try:
+            for directory, label in tasks[index]:
+                walk.subtree(directory, label)
+        except SnapshotError:
+            del walk.rows[kept[0]:], walk.misses[kept[1]:]
+            walk.hits = kept[2]
+            raise
+        done.add(index)
+
+
+def _help(tasks: list[list[tuple[bytes, bytes]]], tasks_r: int, result_w: int, walk: _Walk) -> None:  # pragma: no cover
+    done: set[int] = set()
+    with contextlib.suppress(SnapshotError):  # the failed task is walked again by the parent, which raises
+        _take(tasks, tasks_r, walk, done)
+    payload = memoryview(marshal.dumps((sorted(done), walk.rows, walk.misses, walk.hits)))
+    while payload:
+        payload = payload[os.write(result_w, payload):]
+    os.close(result_w)
+
+
+def _collect(result_r: int, walk: _Walk, done: set[int]) -> None:
+    chunks: list[bytes] = []
+    while chunk := os.read(result_r, 1 << 20):
+        chunks.append(chunk)
+    try:
+        # written by our own forked helper into a pipe only it and this process hold
+        finished, rows, misses, hits = marshal.loads(b"".join(chunks))  # noqa: S302
+    except (EOFError, ValueError, TypeError):
+        return  # a helper that died mid-way: its tasks are redone
+    walk.rows.extend(rows)
+    walk.misses.extend(misses)
+    walk.hits += hits
+    done.update(finished)
