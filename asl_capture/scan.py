@@ -8,10 +8,10 @@ regular file the :class:`~asl_capture.hashing.StatCache` cannot vouch for, a *mi
 
 This process lists the roots breadth-first until there are enough directories to share; then
 forked helpers (Linux, more than one core) and this process take whole subtrees from a pipe, and
-each helper sends its rows back through its own pipe with :mod:`marshal`, together with the
-subtrees it finished. A subtree a helper did not report (it died, or failed) is walked again
-here, so a lost helper costs time, never a row, and any error is raised here with its usual
-one-line message naming the path.
+each helper leaves its rows in its own memfd with :mod:`marshal`, together with the subtrees it
+finished, and exits; only a helper that exited cleanly is read. A subtree no helper reported (one
+died, or failed) is walked again here, so a lost helper costs time, never a row, and any error is
+raised here with its usual one-line message naming the path.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ _SHARE_PATHS = 2000
 #: At most this many tasks (groups of subtrees), so their indices fit in a pipe's buffer.
 _MAX_TASKS = 4096
 _TASK = struct.Struct("<I")
+_CAN_SHARE = hasattr(os, "fork") and hasattr(os, "memfd_create")
 
 _S_IFMT, _S_IFREG, _S_IFDIR, _S_IFLNK = 0o170000, stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK
 _OTHER_KINDS = {stat.S_IFCHR: "c", stat.S_IFBLK: "b", stat.S_IFIFO: "p", stat.S_IFSOCK: "s"}
@@ -161,6 +162,8 @@ def scan(
         SnapshotError: a root or path cannot be listed, stat'ed or read (symlinks), naming it.
     """
     walk = _Walk(skip, cache.table)
+    if not _CAN_SHARE:
+        workers = 1
     waiting: deque[tuple[bytes, bytes]] = deque()
     for root, label in roots:
         try:
@@ -193,34 +196,33 @@ def _share(subtrees: list[tuple[bytes, bytes]], walk: _Walk, workers: int) -> No
     os.close(tasks_w)
     helpers: list[tuple[int, int]] = []
     done: set[int] = set()
+    error: SnapshotError | None = None
     try:
         for _ in range(min(workers, len(tasks)) - 1):
-            result_r, result_w = os.pipe()
-            pid = os.fork()
+            result = os.memfd_create("asl-scan", os.MFD_CLOEXEC)
+            helpers.append((0, result))
+            try:
+                pid = os.fork()
+            except OSError:  # no more processes: the tasks left are walked here
+                break
             if pid == 0:  # pragma: no cover - runs in the helper
                 code = 1
                 try:
-                    os.close(result_r)
-                    for _pid, other in helpers:
-                        os.close(other)
-                    _help(tasks, tasks_r, result_w, _Walk(walk.skip, walk.table))
+                    _help(tasks, tasks_r, result, _Walk(walk.skip, walk.table))
                     code = 0
                 finally:
                     os._exit(code)
-            os.close(result_w)
-            helpers.append((pid, result_r))
-        error: SnapshotError | None = None
+            helpers[-1] = (pid, result)
         try:
             _take(tasks, tasks_r, walk, done)
         except SnapshotError as exc:
             error = exc
-        for _pid, result_r in helpers:
-            _collect(result_r, walk, done)
     finally:
         os.close(tasks_r)
-        for pid, result_r in helpers:
-            os.close(result_r)
-            os.waitpid(pid, 0)
+        for pid, result in helpers:
+            if pid and os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0 and error is None:
+                _collect(result, walk, done)
+            os.close(result)
     if error is not None:
         raise error
     for index, task in enumerate(tasks):  # lost with a failed or dead helper: walk it here
@@ -244,25 +246,24 @@ def _take(tasks: list[list[tuple[bytes, bytes]]], tasks_r: int, walk: _Walk, don
         done.add(index)
 
 
-def _help(tasks: list[list[tuple[bytes, bytes]]], tasks_r: int, result_w: int, walk: _Walk) -> None:  # pragma: no cover
+def _help(tasks: list[list[tuple[bytes, bytes]]], tasks_r: int, result: int, walk: _Walk) -> None:  # pragma: no cover
+    """In a helper: walk tasks, then leave the finished ones' rows in the ``result`` memfd."""
     done: set[int] = set()
     with contextlib.suppress(SnapshotError):  # the failed task is walked again by the parent, which raises
         _take(tasks, tasks_r, walk, done)
     payload = memoryview(marshal.dumps((sorted(done), walk.rows, walk.misses, walk.hits)))
     while payload:
-        payload = payload[os.write(result_w, payload):]
-    os.close(result_w)
+        payload = payload[os.write(result, payload):]
 
 
-def _collect(result_r: int, walk: _Walk, done: set[int]) -> None:
-    chunks: list[bytes] = []
-    while chunk := os.read(result_r, 1 << 20):
-        chunks.append(chunk)
+def _collect(result: int, walk: _Walk, done: set[int]) -> None:
+    """Add the rows a helper that exited cleanly left in its memfd (an unreadable result is ignored)."""
+    data = os.pread(result, os.fstat(result).st_size, 0)
     try:
-        # written by our own forked helper into a pipe only it and this process hold
-        finished, rows, misses, hits = marshal.loads(b"".join(chunks))  # noqa: S302
+        # written by our own forked helper into a memfd only it and this process hold
+        finished, rows, misses, hits = marshal.loads(data)  # noqa: S302
     except (EOFError, ValueError, TypeError):
-        return  # a helper that died mid-way: its tasks are redone
+        return  # its tasks are redone
     walk.rows.extend(rows)
     walk.misses.extend(misses)
     walk.hits += hits

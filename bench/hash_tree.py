@@ -7,6 +7,8 @@ outside the repository, warms the page cache, then measures in one run, interlea
   (b) the same again on that provenance directory (warm stat cache),
   (c) ``in-toto-run --step-name s --materials TREE --products TREE --signing-key KEY -- true``,
   (d) ``find TREE -type f -print0 | xargs -0 openssl dgst -sha256 > /dev/null``,
+  (e) for reference, ``python3 -c BARE_WALKS TREE``: the interpreter walking TREE twice with
+      ``os.scandir``/``lstat`` and doing nothing else, the floor under (b) for a Python tool,
 
 and prints min/median/max wall times, the ratios against their targets, and the peak RSS of (a).
 
@@ -112,6 +114,23 @@ def timed(argv: list[str], *, cwd: Path, shell: bool = False) -> tuple[float, in
     return elapsed, usage.ru_maxrss
 
 
+#: Reference (e): the least any Python tool can do for (b) by the issue's method, namely start the
+#: interpreter and walk the tree twice with os.scandir and lstat: no cache, no hashing, no record.
+BARE_WALKS = """
+import os, sys
+def walk(top):
+    stack = [top]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                entry.stat(follow_symlinks=False)
+walk(sys.argv[1])
+walk(sys.argv[1])
+"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=5)
@@ -129,7 +148,7 @@ def main() -> None:
         asl = shutil.which("asl-capture") or "asl-capture"
         intoto = shutil.which("in-toto-run") or "in-toto-run"
         find_cmd = f"find {tree} -type f -print0 | xargs -0 openssl dgst -sha256 > /dev/null"
-        times: dict[str, list[float]] = {"a": [], "b": [], "c": [], "d": []}
+        times: dict[str, list[float]] = {"a": [], "b": [], "c": [], "d": [], "e": []}
         rss_a: list[int] = []
         counter = iter(range(10**6))
 
@@ -153,6 +172,7 @@ def main() -> None:
 
         def run_d() -> None:
             times["d"].append(timed([find_cmd], cwd=work, shell=True)[0])
+            times["e"].append(timed([sys.executable, "-c", BARE_WALKS, str(tree)], cwd=work)[0])
 
         # one untimed warm-up of each, then interleaved rounds (rotating the order)
         order: list[Callable[[], None]] = [run_a, run_c, run_d]
@@ -165,10 +185,11 @@ def main() -> None:
             for fn in order[r % 3:] + order[: r % 3]:
                 fn()
             print(f"round {r + 1}/{args.rounds}: a {times['a'][-1]:.3f}  b {times['b'][-1]:.3f}  "
-                  f"c {times['c'][-1]:.3f}  d {times['d'][-1]:.3f}", flush=True)
+                  f"c {times['c'][-1]:.3f}  d {times['d'][-1]:.3f}  e {times['e'][-1]:.3f}", flush=True)
 
     labels = {"a": "(a) asl-capture, empty cache", "b": "(b) asl-capture, warm cache",
-              "c": "(c) in-toto-run materials+products", "d": "(d) find | xargs openssl dgst"}
+              "c": "(c) in-toto-run materials+products", "d": "(d) find | xargs openssl dgst",
+              "e": "(e) python + 2 bare lstat walks"}
     for k, label in labels.items():
         print(summary(label, times[k]))
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -180,6 +201,7 @@ def main() -> None:
         ok = value <= target
         failed |= not ok
         print(f"{name:<18} {value:8.3f}  target <= {target:g}  {'PASS' if ok else 'FAIL'}")
+    print(f"{'e/c':<18} {med['e'] / med['c']:8.3f}  reference, no target: the Python floor under (b)")
     sys.exit(1 if failed else 0)
 
 
