@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asl_capture import chain, dcbor, envpolicy, projectconfig
+from asl_capture import chain, dcbor, envpolicy, gcpause, projectconfig
 from asl_capture.context import host_info, read_sources, vcs_info
 from asl_capture.errors import AslError, CaptureError, RecordWriteError, UsageError
 from asl_capture.hashing import Hasher, StatCache
@@ -113,6 +113,11 @@ def capture(config: CaptureConfig, *, notify: Callable[[str], None]) -> CaptureO
     """
     if not config.argv:
         raise UsageError("no command given after '--'")
+    with gcpause.paused():  # snapshots, the stat cache and encoding allocate much and make no cycles
+        return _capture(config, notify)
+
+
+def _capture(config: CaptureConfig, notify: Callable[[str], None]) -> CaptureOutcome:
     cwd = config.cwd.absolute()
     project = projectconfig.load(cwd)
     prov = ProvenanceDir.create(_abs(resolve_provenance(config, project), cwd))

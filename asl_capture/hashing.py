@@ -296,19 +296,25 @@ class Hasher:
             return []
         started = time.time_ns()  # conservative "hashed at" for every file read below
         reporter = _Reporter(progress, time.monotonic() + self.progress_after, done)
-        order = sorted(range(len(todo)), key=lambda i: todo[i][1][2], reverse=True)  # largest first
-        ordered = [todo[i] for i in order]
-        total = sum(identity[2] for _p, identity in todo)
-        if self.workers > 1 and hasattr(os, "fork") and (len(todo) >= _PARALLEL_MIN_FILES
-                                                         or total >= _PARALLEL_MIN_BYTES):
+        # the large files first, largest first (they bound how evenly the work ends), then the rest as given
+        large = sorted((i for i, (_p, identity) in enumerate(todo) if identity[2] >= _CHUNK_BYTES),
+                       key=lambda i: todo[i][1][2], reverse=True)
+        if large:
+            order = large + [i for i, (_p, identity) in enumerate(todo) if identity[2] < _CHUNK_BYTES]
+            ordered = [todo[i] for i in order]
+        else:
+            order, ordered = list(range(len(todo))), todo
+        if self.workers > 1 and hasattr(os, "fork") and (
+                len(todo) >= _PARALLEL_MIN_FILES or sum(identity[2] for _p, identity in todo) >= _PARALLEL_MIN_BYTES):
             digests = _hash_forked(ordered, self.workers, reporter)
         else:
             digests = _hash_serial(ordered, reporter)
         out: list[bytes] = [b""] * len(todo)
-        store = self.cache.store_ident
+        entries = self.cache.table
         for i, (path, identity), digest in zip(order, ordered, digests, strict=True):
             out[i] = digest
-            store(path, identity, digest, started)
+            entries[path] = (*identity, started, digest)  # as StatCache.store_ident, inlined
+        self.cache.dirty = True
         return out
 class _Reporter:
     """Rate-limited progress reports that start only after a deadline."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from asl_capture import dcbor
+from asl_capture import dcbor, gcpause
 from asl_capture.errors import CborError
 from asl_capture.hashing import Hasher
 from asl_capture.scan import Row, Skip, scan
@@ -281,9 +281,14 @@ def snapshot(
     Raises:
         SnapshotError: a root or path cannot be read, or a file changed while being hashed.
     """
-    base = base if base is not None else Path.cwd()
-    excluder = excluder if excluder is not None else Excluder()
-    hasher = hasher if hasher is not None else Hasher()
+    with gcpause.paused():
+        return _snapshot(roots, base if base is not None else Path.cwd(),
+                         excluder if excluder is not None else Excluder(),
+                         hasher if hasher is not None else Hasher(), progress, missing_ok)
+
+
+def _snapshot(roots: Sequence[Path], base: Path, excluder: Excluder, hasher: Hasher,
+              progress: Callable[[int], None] | None, missing_ok: bool) -> Manifest:
     labels: list[bytes] = []
     pairs: list[tuple[bytes, bytes]] = []
     for root in roots:
