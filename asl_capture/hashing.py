@@ -27,7 +27,6 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 from asl_capture.errors import SnapshotError
 
@@ -38,9 +37,11 @@ RACY_NS = 2_000_000_000
 PROGRESS_AFTER = 1.0
 _PROGRESS_EVERY = 0.25
 _MAX_ATTEMPTS = 3
-_CACHE_MAGIC = b"ASLSTAT3"
-#: dev, ino, size, mtime_ns, ctime_ns, mode, hashed_at, digest (the paths follow, NUL-separated)
-_ENTRY = struct.Struct("<QQQqqIq32s")
+_CACHE_MAGIC = b"ASLSTAT4"
+#: The identity a cache record is valid for: dev, ino, size, mtime_ns, ctime_ns, mode.
+IDENT = struct.Struct("<QQQqqI")
+#: A cache record: the packed identity, then the SHA-256.
+_RECORD = IDENT.size + 32
 _COUNT = struct.Struct("<Q")
 #: Below this much work, hashing stays in the calling process.
 _PARALLEL_MIN_FILES = 128
@@ -52,8 +53,8 @@ _SLOT = 33
 _OK, _FAILED = 1, 2
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
 
-#: A cache record: (dev, ino, size, mtime_ns, ctime_ns, mode, hashed_at, digest).
-CacheRecord = tuple[Any, ...]
+#: A cache record: :data:`IDENT` packed, then the digest (bytes, so loading and saving are slices).
+CacheRecord = bytes
 #: What a file's ``lstat`` says about its identity: (dev, ino, size, mtime_ns, ctime_ns, mode).
 Ident = tuple[int, int, int, int, int, int]
 
@@ -91,35 +92,30 @@ class StatCache:
 
     def lookup(self, path: bytes, st: os.stat_result) -> bytes | None:
         """The cached digest of ``path`` if ``st`` proves it unchanged since a non-racy hash."""
-        e = self._entries.get(path)
-        if (
-            e is not None
-            and e[3] == st.st_mtime_ns
-            and e[4] == st.st_ctime_ns
-            and e[2] == st.st_size
-            and e[1] == st.st_ino
-            and e[0] == st.st_dev
-            and e[5] == st.st_mode
-            and max(e[3], e[4]) + RACY_NS < e[6]
-        ):
+        digest = cached_digest(self._entries.get(path), st)
+        if digest is None:
+            self.misses += 1
+        else:
             self.hits += 1
-            digest: bytes = e[7]
-            return digest
-        self.misses += 1
-        return None
+        return digest
 
     def store(self, path: bytes, st: os.stat_result, digest: bytes, hashed_at: int) -> None:
         """Remember the digest of ``path`` whose stat was ``st`` when hashing began at ``hashed_at`` (ns)."""
         self.store_ident(path, ident(st), digest, hashed_at)
 
     def store_ident(self, path: bytes, identity: Ident, digest: bytes, hashed_at: int) -> None:
-        """As :meth:`store`, from an :data:`Ident`."""
-        self._entries[path] = (*identity, hashed_at, digest)
+        """As :meth:`store`, from an :data:`Ident`. The racy rule is applied here: a file whose mtime
+        or ctime is not older than ``hashed_at`` by :data:`RACY_NS` could change again within the
+        same timestamp, so its digest is not kept (and an older entry for the path is dropped)."""
+        if max(identity[3], identity[4]) + RACY_NS < hashed_at:
+            self._entries[path] = IDENT.pack(*identity) + digest
+        else:
+            self._entries.pop(path, None)
         self.dirty = True
 
     @property
     def table(self) -> dict[bytes, CacheRecord]:
-        """The entries, for a walker that inlines :meth:`lookup` (same fields, same rule); do not modify."""
+        """The records, for a walker that inlines :func:`cached_digest`; do not modify."""
         return self._entries
 
     @classmethod
@@ -135,25 +131,21 @@ class StatCache:
         if hashlib.sha256(memoryview(data)[:-32]).digest() != data[-32:]:
             return cls()
         (count,) = _COUNT.unpack_from(data, len(_CACHE_MAGIC))
-        table_end = head + count * _ENTRY.size
+        table_end = head + count * _RECORD
         if table_end > len(data) - 32:
             return cls()
         names = data[table_end:-32].split(b"\0") if count else []
         if len(names) != count:
             return cls()
-        try:
-            records = _ENTRY.iter_unpack(memoryview(data)[head:table_end])
-        except struct.error:
-            return cls()
+        records = [data[o : o + _RECORD] for o in range(head, table_end, _RECORD)]
         return cls(dict(zip(names, records, strict=True)))
 
     def save(self, path: Path) -> None:
         """Write the cache atomically (temporary file, rename) if it changed. Errors are ignored."""
         if not self.dirty:
             return
-        pack = _ENTRY.pack
-        table = [pack(*e) for e in self._entries.values()]
-        body = b"".join([_CACHE_MAGIC, _COUNT.pack(len(table)), *table, b"\0".join(self._entries)])
+        body = b"".join([_CACHE_MAGIC, _COUNT.pack(len(self._entries)), *self._entries.values(),
+                         b"\0".join(self._entries)])
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             with open(tmp, "wb") as handle:
@@ -164,6 +156,14 @@ class StatCache:
             tmp.unlink(missing_ok=True)
         else:
             self.dirty = False
+
+
+def cached_digest(record: CacheRecord | None, st: os.stat_result) -> bytes | None:
+    """The digest in ``record`` if the file's ``lstat`` ``st`` still has the identity it was hashed at."""
+    if record is not None and record.startswith(
+            IDENT.pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)):
+        return record[IDENT.size :]
+    return None
 
 
 def _read_digest(fd: int, size: int, buf: memoryview | None) -> tuple[bytes, int, memoryview | None]:
@@ -309,13 +309,14 @@ class Hasher:
             digests = _hash_forked(ordered, self.workers, reporter)
         else:
             digests = _hash_serial(ordered, reporter)
+        store = self.cache.store_ident
         out: list[bytes] = [b""] * len(todo)
-        entries = self.cache.table
         for i, (path, identity), digest in zip(order, ordered, digests, strict=True):
             out[i] = digest
-            entries[path] = (*identity, started, digest)  # as StatCache.store_ident, inlined
-        self.cache.dirty = True
+            store(path, identity, digest, started)
         return out
+
+
 class _Reporter:
     """Rate-limited progress reports that start only after a deadline."""
 

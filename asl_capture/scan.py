@@ -41,6 +41,7 @@ _SHARE_PATHS = 2000
 #: At most this many tasks (groups of subtrees), so their indices fit in a pipe's buffer.
 _MAX_TASKS = 4096
 _TASK = struct.Struct("<I")
+_DIGEST_AT = hashing.IDENT.size
 _CAN_SHARE = hasattr(os, "fork") and hasattr(os, "memfd_create")
 
 _S_IFMT, _S_IFREG, _S_IFDIR, _S_IFLNK = 0o170000, stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK
@@ -71,9 +72,9 @@ class _Walk:
         mode = st.st_mode
         fmt = mode & _S_IFMT
         if fmt == _S_IFREG:
-            c = self.table.get(abs_path)
-            if c is not None and _current(c, st):
-                self.rows.append((label, "f", mode & 0o7777, st.st_size, c[7]))
+            digest = hashing.cached_digest(self.table.get(abs_path), st)
+            if digest is not None:
+                self.rows.append((label, "f", mode & 0o7777, st.st_size, digest))
                 self.hits += 1
             else:
                 self.misses.append((label, abs_path, hashing.ident(st)))
@@ -86,7 +87,7 @@ class _Walk:
     def list_dir(self, directory: bytes, dir_label: bytes, pending: Callable[[Any], None]) -> None:
         """Record every child of one directory; subdirectories are handed to ``pending``."""
         rows, add, miss = self.rows, self.rows.append, self.misses.append
-        get, racy = self.table.get, hashing.RACY_NS
+        get, pack = self.table.get, hashing.IDENT.pack
         skip_abs, matches = self.skip.absolute, self.skip.matches
         prefix = b"" if dir_label == b"." else dir_label + b"/"
         hits = 0
@@ -106,15 +107,15 @@ class _Walk:
                     mode = st.st_mode
                     fmt = mode & _S_IFMT
                     if fmt == _S_IFREG:
-                        size, mtime, ctime = st.st_size, st.st_mtime_ns, st.st_ctime_ns
-                        c = get(abs_path)  # _current(), inlined: this runs once per file
-                        if (c is not None and c[3] == mtime and c[4] == ctime and c[2] == size
-                                and c[1] == st.st_ino and c[0] == st.st_dev and c[5] == mode
-                                and (mtime if mtime > ctime else ctime) + racy < c[6]):
-                            add((label, "f", mode & 0o7777, size, c[7]))
+                        size = st.st_size
+                        c = get(abs_path)  # hashing.cached_digest(), inlined: this runs once per file
+                        if c is not None and c.startswith(pack(st.st_dev, st.st_ino, size, st.st_mtime_ns,
+                                                               st.st_ctime_ns, mode)):
+                            add((label, "f", mode & 0o7777, size, c[_DIGEST_AT:]))
                             hits += 1
                         else:
-                            miss((label, abs_path, (st.st_dev, st.st_ino, size, mtime, ctime, mode)))
+                            miss((label, abs_path, (st.st_dev, st.st_ino, size, st.st_mtime_ns, st.st_ctime_ns,
+                                                    mode)))
                     elif fmt == _S_IFDIR:
                         add((label, "d", mode & 0o7777, 0, None))
                         pending((abs_path, label))
@@ -131,13 +132,6 @@ class _Walk:
         while stack:
             d, d_label = pop()
             self.list_dir(d, d_label, push)
-
-
-def _current(c: CacheRecord, st: os.stat_result) -> bool:
-    """Whether cache record ``c`` vouches for a file whose ``lstat`` is ``st`` (as StatCache.lookup)."""
-    return bool(c[3] == st.st_mtime_ns and c[4] == st.st_ctime_ns and c[2] == st.st_size
-                and c[1] == st.st_ino and c[0] == st.st_dev and c[5] == st.st_mode
-                and max(c[3], c[4]) + hashing.RACY_NS < c[6])
 
 
 def _other(abs_path: bytes, label: bytes, mode: int, st: os.stat_result) -> Row:
