@@ -17,6 +17,7 @@ raised here with its usual one-line message naming the path.
 from __future__ import annotations
 
 import contextlib
+import errno
 import marshal
 import os
 import stat
@@ -24,7 +25,6 @@ import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from asl_capture import hashing
 from asl_capture.errors import SnapshotError
@@ -34,6 +34,8 @@ from asl_capture.hashing import CacheRecord, Ident, StatCache
 Row = tuple[bytes, str, int, int, bytes | int | None]
 #: ``(label, absolute path, identity)``: a regular file that must be read.
 Miss = tuple[bytes, bytes, Ident]
+#: ``(absolute path, label, device, inode)``: a directory still to be listed.
+Dir = tuple[bytes, bytes, int, int]
 
 #: Share the walk only once this many directories are waiting and this many paths were seen.
 _SHARE_DIRS = 16
@@ -42,6 +44,7 @@ _SHARE_PATHS = 2000
 _MAX_TASKS = 4096
 _TASK = struct.Struct("<I")
 _DIGEST_AT = hashing.IDENT.size
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CAN_SHARE = hasattr(os, "fork") and hasattr(os, "memfd_create")
 
 _S_IFMT, _S_IFREG, _S_IFDIR, _S_IFLNK = 0o170000, stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK
@@ -67,7 +70,7 @@ class _Walk:
     misses: list[Miss] = field(default_factory=list)
     hits: int = 0
 
-    def add_path(self, abs_path: bytes, label: bytes, st: os.stat_result, pending: Callable[[Any], None]) -> None:
+    def add_path(self, abs_path: bytes, label: bytes, st: os.stat_result, pending: Callable[[Dir], None]) -> None:
         """Record one path (a root) from its ``lstat``; a directory is handed to ``pending``."""
         mode = st.st_mode
         fmt = mode & _S_IFMT
@@ -80,28 +83,53 @@ class _Walk:
                 self.misses.append((label, abs_path, hashing.ident(st)))
         elif fmt == _S_IFDIR:
             self.rows.append((label, "d", mode & 0o7777, 0, None))
-            pending((abs_path, label))
+            pending((abs_path, label, st.st_dev, st.st_ino))
         else:
-            self.rows.append(_other(abs_path, label, mode, st))
+            self.rows.append(_other(abs_path, label, mode, st, None))
 
-    def list_dir(self, directory: bytes, dir_label: bytes, pending: Callable[[Any], None]) -> None:
-        """Record every child of one directory; subdirectories are handed to ``pending``."""
+    def list_dir(self, d: Dir, pending: Callable[[Dir], None]) -> None:
+        """Record every child of one directory; subdirectories are handed to ``pending``.
+
+        The directory is opened without following a symlink and must still be the one that was
+        listed (device, inode), and its children are stat'ed and read relative to that descriptor:
+        a directory swapped for a symlink mid-walk cannot lead the walk outside the roots.
+        """
+        directory, dir_label, dev, ino = d
+        try:
+            dir_fd = os.open(directory, _DIR_FLAGS)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise SnapshotError(f"{os.fsdecode(directory)}: directory was replaced while the tree was being "
+                                    f"snapshotted") from None
+            raise SnapshotError(f"{os.fsdecode(directory)}: cannot list directory: {exc.strerror}") from None
+        try:
+            dst = os.fstat(dir_fd)
+            if dst.st_ino != ino or dst.st_dev != dev:
+                raise SnapshotError(f"{os.fsdecode(directory)}: directory was replaced while the tree was being "
+                                    f"snapshotted")
+            self._children(dir_fd, directory, dir_label, pending)
+        finally:
+            os.close(dir_fd)
+
+    def _children(self, dir_fd: int, directory: bytes, dir_label: bytes, pending: Callable[[Dir], None]) -> None:
         rows, add, miss = self.rows, self.rows.append, self.misses.append
         get, pack = self.table.get, hashing.IDENT.pack
         skip_abs, matches = self.skip.absolute, self.skip.matches
+        fsencode = os.fsencode
         prefix = b"" if dir_label == b"." else dir_label + b"/"
+        abs_prefix = directory + b"/" if directory != b"/" else directory
         hits = 0
         try:
-            with os.scandir(directory) as it:
+            with os.scandir(dir_fd) as it:
                 for child in it:
-                    name = child.name
-                    abs_path = child.path
+                    name = fsencode(child.name)  # a descriptor scan yields str names; this is their exact bytes
+                    abs_path = abs_prefix + name
                     label = prefix + name
                     if name == b".git" or abs_path in skip_abs or (matches is not None
                                                                   and matches(abs_path, label, name)):
                         continue
                     try:
-                        st = child.stat(follow_symlinks=False)
+                        st = child.stat(follow_symlinks=False)  # fstatat() on dir_fd
                     except OSError as exc:
                         raise SnapshotError(f"{os.fsdecode(abs_path)}: cannot stat: {exc.strerror}") from None
                     mode = st.st_mode
@@ -118,28 +146,27 @@ class _Walk:
                                                     mode)))
                     elif fmt == _S_IFDIR:
                         add((label, "d", mode & 0o7777, 0, None))
-                        pending((abs_path, label))
+                        pending((abs_path, label, st.st_dev, st.st_ino))
                     else:
-                        rows.append(_other(abs_path, label, mode, st))
+                        rows.append(_other(abs_path, label, mode, st, dir_fd))
         except OSError as exc:
             raise SnapshotError(f"{os.fsdecode(directory)}: cannot list directory: {exc.strerror}") from None
         self.hits += hits
 
-    def subtree(self, directory: bytes, label: bytes) -> None:
-        """Record everything below ``directory``, depth first."""
-        stack = [(directory, label)]
+    def subtree(self, d: Dir) -> None:
+        """Record everything below directory ``d``, depth first."""
+        stack = [d]
         pop, push = stack.pop, stack.append
         while stack:
-            d, d_label = pop()
-            self.list_dir(d, d_label, push)
+            self.list_dir(pop(), push)
 
 
-def _other(abs_path: bytes, label: bytes, mode: int, st: os.stat_result) -> Row:
-    """The row of a symlink, device, fifo or socket."""
+def _other(abs_path: bytes, label: bytes, mode: int, st: os.stat_result, dir_fd: int | None) -> Row:
+    """The row of a symlink, device, fifo or socket (a symlink is read relative to ``dir_fd`` if given)."""
     fmt = mode & _S_IFMT
     if fmt == _S_IFLNK:
         try:
-            target = os.readlink(abs_path)
+            target = os.readlink(abs_path if dir_fd is None else os.path.basename(abs_path), dir_fd=dir_fd)
         except OSError as exc:
             raise SnapshotError(f"{os.fsdecode(abs_path)}: cannot read symlink: {exc.strerror}") from None
         return (label, "l", mode & 0o7777, len(target), target)
@@ -158,7 +185,7 @@ def scan(
     walk = _Walk(skip, cache.table)
     if not _CAN_SHARE:
         workers = 1
-    waiting: deque[tuple[bytes, bytes]] = deque()
+    waiting: deque[Dir] = deque()
     for root, label in roots:
         try:
             st = os.lstat(root)
@@ -168,8 +195,7 @@ def scan(
     # breadth first here until there is enough to share
     while waiting and (workers < 2 or len(waiting) < _SHARE_DIRS
                        or len(walk.rows) + len(walk.misses) < _SHARE_PATHS):
-        directory, label = waiting.popleft()
-        walk.list_dir(directory, label, waiting.append)
+        walk.list_dir(waiting.popleft(), waiting.append)
     if waiting:
         _share(list(waiting), walk, workers)
     cache.hits += walk.hits
@@ -177,12 +203,12 @@ def scan(
     return walk.rows, walk.misses
 
 
-def _tasks(subtrees: list[tuple[bytes, bytes]]) -> list[list[tuple[bytes, bytes]]]:
+def _tasks(subtrees: list[Dir]) -> list[list[Dir]]:
     per = -(-len(subtrees) // _MAX_TASKS)
     return [subtrees[i : i + per] for i in range(0, len(subtrees), per)]
 
 
-def _share(subtrees: list[tuple[bytes, bytes]], walk: _Walk, workers: int) -> None:
+def _share(subtrees: list[Dir], walk: _Walk, workers: int) -> None:
     """Walk ``subtrees`` in this process and forked helpers, adding everything to ``walk``."""
     tasks = _tasks(subtrees)
     tasks_r, tasks_w = os.pipe()
@@ -221,18 +247,18 @@ def _share(subtrees: list[tuple[bytes, bytes]], walk: _Walk, workers: int) -> No
         raise error
     for index, task in enumerate(tasks):  # lost with a failed or dead helper: walk it here
         if index not in done:
-            for directory, label in task:
-                walk.subtree(directory, label)
+            for d in task:
+                walk.subtree(d)
 
 
-def _take(tasks: list[list[tuple[bytes, bytes]]], tasks_r: int, walk: _Walk, done: set[int]) -> None:
+def _take(tasks: list[list[Dir]], tasks_r: int, walk: _Walk, done: set[int]) -> None:
     """Walk tasks from the pipe until it is empty. On an error, ``walk`` keeps only whole tasks."""
     while len(raw := os.read(tasks_r, _TASK.size)) == _TASK.size:
         (index,) = _TASK.unpack(raw)
         kept = len(walk.rows), len(walk.misses), walk.hits
         try:
-            for directory, label in tasks[index]:
-                walk.subtree(directory, label)
+            for d in tasks[index]:
+                walk.subtree(d)
         except SnapshotError:
             del walk.rows[kept[0]:], walk.misses[kept[1]:]
             walk.hits = kept[2]
@@ -240,7 +266,7 @@ def _take(tasks: list[list[tuple[bytes, bytes]]], tasks_r: int, walk: _Walk, don
         done.add(index)
 
 
-def _help(tasks: list[list[tuple[bytes, bytes]]], tasks_r: int, result: int, walk: _Walk) -> None:  # pragma: no cover
+def _help(tasks: list[list[Dir]], tasks_r: int, result: int, walk: _Walk) -> None:  # pragma: no cover
     """In a helper: walk tasks, then leave the finished ones' rows in the ``result`` memfd."""
     done: set[int] = set()
     with contextlib.suppress(SnapshotError):  # the failed task is walked again by the parent, which raises

@@ -29,7 +29,7 @@ def share_early(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     shared: list[int] = []
     real = scan._share
 
-    def counting(subtrees: list[tuple[bytes, bytes]], walk: Any, workers: int) -> None:
+    def counting(subtrees: list[scan.Dir], walk: Any, workers: int) -> None:
         shared.append(len(subtrees))
         real(subtrees, walk, workers)
 
@@ -179,10 +179,33 @@ def test_a_helper_error_keeps_only_whole_tasks(tmp_path: Path, share_early: list
     parent = os.getpid()
     real = scan._Walk.list_dir
 
-    def flaky(self: Any, directory: bytes, label: bytes, pending: Callable[[Any], None]) -> None:
-        real(self, directory, label, pending)
+    def flaky(self: Any, d: scan.Dir, pending: Callable[[scan.Dir], None]) -> None:
+        real(self, d, pending)
         if os.getpid() != parent:
-            raise SnapshotError(f"{os.fsdecode(directory)}: transient")
+            raise SnapshotError(f"{os.fsdecode(d[0])}: transient")
 
     monkeypatch.setattr(scan._Walk, "list_dir", flaky)
     assert _snap(root, 2) == serial
+
+
+@pytest.mark.parametrize("swap", ["the directory", "its parent"])
+def test_a_directory_swapped_for_a_symlink_mid_walk_is_an_error_not_an_escape(tmp_path: Path, swap: str,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "tree"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "inside.txt").write_bytes(b"in")
+    outside = tmp_path / "outside"
+    (outside / "b").mkdir(parents=True)
+    (outside / "b" / "secret.txt").write_bytes(b"do not read me")
+    real = scan._Walk.list_dir
+    victim = root / "a" / "b" if swap == "the directory" else root / "a"
+
+    def swapping(self: Any, d: scan.Dir, pending: Callable[[scan.Dir], None]) -> None:
+        if d[0] == os.fsencode(root / "a" / "b"):  # listed as a directory, now about to be opened
+            victim.rename(tmp_path / "moved")
+            victim.symlink_to(outside / "b" if swap == "the directory" else outside)
+        real(self, d, pending)
+
+    monkeypatch.setattr(scan._Walk, "list_dir", swapping)
+    with pytest.raises(SnapshotError, match=r"a/b: directory was replaced while the tree was being snapshotted"):
+        _snap(root, 1)
