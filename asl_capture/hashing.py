@@ -352,8 +352,15 @@ def _hash_forked(todo: list[tuple[bytes, Ident]], workers: int, report: _Reporte
     with the usual message, and a lost helper costs time, never a wrong digest.
     """
     chunks = _chunks(todo)
-    shared = mmap.mmap(-1, len(todo) * _SLOT)
-    tasks_r, tasks_w = os.pipe()
+    try:
+        shared = mmap.mmap(-1, len(todo) * _SLOT)
+    except OSError:  # no memory to share: one process
+        return _hash_serial(todo, report)
+    try:
+        tasks_r, tasks_w = os.pipe()
+    except OSError:  # out of descriptors: one process
+        shared.close()
+        return _hash_serial(todo, report)
     try:
         # every chunk index is queued before any worker starts; reads of 4 bytes from a pipe are atomic
         os.set_blocking(tasks_w, False)
@@ -368,7 +375,10 @@ def _hash_forked(todo: list[tuple[bytes, Ident]], workers: int, report: _Reporte
     pids: list[int] = []
     try:
         for _ in range(min(workers, len(chunks)) - 1):
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError:  # no more processes: fewer helpers
+                break
             if pid == 0:  # pragma: no cover - runs in the helper
                 code = 1
                 try:

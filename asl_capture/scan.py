@@ -211,15 +211,31 @@ def _tasks(subtrees: list[Dir]) -> list[list[Dir]]:
 def _share(subtrees: list[Dir], walk: _Walk, workers: int) -> None:
     """Walk ``subtrees`` in this process and forked helpers, adding everything to ``walk``."""
     tasks = _tasks(subtrees)
-    tasks_r, tasks_w = os.pipe()
-    os.write(tasks_w, b"".join(_TASK.pack(i) for i in range(len(tasks))))  # < 16 KiB: never blocks
-    os.close(tasks_w)
-    helpers: list[tuple[int, int]] = []
     done: set[int] = set()
+    try:
+        tasks_r, tasks_w = os.pipe()
+    except OSError:
+        pass  # out of descriptors: everything is walked below, here
+    else:
+        os.write(tasks_w, b"".join(_TASK.pack(i) for i in range(len(tasks))))  # < 16 KiB: never blocks
+        os.close(tasks_w)
+        _share_with_helpers(tasks, tasks_r, walk, workers, done)
+    for index, task in enumerate(tasks):  # lost with a failed or dead helper: walk it here
+        if index not in done:
+            for d in task:
+                walk.subtree(d)
+
+
+def _share_with_helpers(tasks: list[list[Dir]], tasks_r: int, walk: _Walk, workers: int, done: set[int]) -> None:
+    """Take tasks from ``tasks_r`` here and in up to ``workers - 1`` helpers; note finished ones in ``done``."""
+    helpers: list[tuple[int, int]] = []
     error: SnapshotError | None = None
     try:
         for _ in range(min(workers, len(tasks)) - 1):
-            result = os.memfd_create("asl-scan", os.MFD_CLOEXEC)
+            try:
+                result = os.memfd_create("asl-scan", os.MFD_CLOEXEC)
+            except OSError:  # out of descriptors or memory: fewer helpers
+                break
             helpers.append((0, result))
             try:
                 pid = os.fork()
@@ -245,10 +261,6 @@ def _share(subtrees: list[Dir], walk: _Walk, workers: int) -> None:
             os.close(result)
     if error is not None:
         raise error
-    for index, task in enumerate(tasks):  # lost with a failed or dead helper: walk it here
-        if index not in done:
-            for d in task:
-                walk.subtree(d)
 
 
 def _take(tasks: list[list[Dir]], tasks_r: int, walk: _Walk, done: set[int]) -> None:

@@ -270,3 +270,19 @@ def test_concurrent_captures_sharing_a_cache_stay_correct(tmp_path: Path) -> Non
     for e in m.entries:
         if e.kind == "f":
             assert e.extra == _sha(tree / os.fsdecode(e.path))
+
+
+@pytest.mark.parametrize("call", ["fork", "pipe"])
+def test_parallel_hashing_without_helpers_falls_back_to_one_process(tmp_path: Path, call: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = [tmp_path / f"f{i}" for i in range(300)]
+    for p in paths:
+        p.write_bytes(os.urandom(500))
+    items = [(os.fsencode(p), _lstat(p)) for p in paths]
+
+    def refuse(*_args: object) -> None:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, call, refuse)
+    got = Hasher(workers=2).hash_many(items)
+    assert got == {os.fsencode(p): _sha(p) for p in paths}

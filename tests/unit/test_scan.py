@@ -209,3 +209,17 @@ def test_a_directory_swapped_for_a_symlink_mid_walk_is_an_error_not_an_escape(tm
     monkeypatch.setattr(scan._Walk, "list_dir", swapping)
     with pytest.raises(SnapshotError, match=r"a/b: directory was replaced while the tree was being snapshotted"):
         _snap(root, 1)
+
+
+@pytest.mark.parametrize("call", ["fork", "memfd_create", "pipe"])
+def test_no_helpers_to_be_had_means_one_process_not_an_error(tmp_path: Path, share_early: list[int], call: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _tree(tmp_path)
+    serial = _snap(root, 1)
+
+    def refuse(*_args: object) -> None:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, call, refuse)  # for the hasher's helpers too
+    assert _snap(root, 2) == serial
+    assert share_early
