@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
@@ -68,6 +67,7 @@ def read_sources(path: Path) -> list[dcbor.Value]:
     Raises:
         CaptureError: unreadable file or a malformed line (named by number).
     """
+    import json  # only steps that declare sources need it: start-up stays small
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -545,3 +545,33 @@ def test_project_config_sets_provenance_and_excludes_but_env_wins(
     assert cli("asl-capture", "--", "true", env=cli_env, cwd=project).returncode == 0
     assert (Path(cli_env["ASL_CAPTURE_DIR"]) / "chain.cbor").is_file()
     assert len(read_records(project / "out" / "prov", keypair.pub)) == 1
+
+
+# --- sources ---------------------------------------------------------------------------------------------
+
+
+def test_sources_written_by_the_step_are_recorded(cli_env: dict[str, str], keypair: KeyPair, work: Path) -> None:
+    digest = hashlib.sha256(b"pkg").hexdigest()
+    line = json.dumps({"uri": "http://deb.example/x.deb", "sha256": digest, "kind": "deb"})
+    result = cli("asl-capture", "--sources", "src.jsonl", "--", "sh", "-c", f"echo '{line}' > src.jsonl",
+                 env=cli_env, cwd=work)
+    assert result.returncode == 0, result.stderr
+    [record] = read_records(prov_of(cli_env), keypair.pub)
+    assert record.status == "ok"
+    assert record.body["sources"] == [{"uri": "http://deb.example/x.deb", "sha256": bytes.fromhex(digest),
+                                       "kind": "deb"}]
+
+
+@pytest.mark.parametrize(("script", "error"), [
+    ("echo 'not json' > src.jsonl", "src.jsonl:1: not JSON"),
+    ("true", "src.jsonl: sources file was not written by the step"),
+])
+def test_bad_or_missing_sources_fail_the_step_but_keep_its_record(
+        cli_env: dict[str, str], keypair: KeyPair, work: Path, script: str, error: str) -> None:
+    result = cli("asl-capture", "--sources", "src.jsonl", "--", "sh", "-c", script, env=cli_env, cwd=work)
+    assert result.returncode == 125, result.stderr
+    assert b"Traceback" not in result.stderr
+    [record] = read_records(prov_of(cli_env), keypair.pub)
+    assert record.status == "failed" and record.exit == 0
+    assert error in str(record.body["error"])
+    assert "sources" not in record.body
