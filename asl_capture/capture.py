@@ -17,12 +17,13 @@ from pathlib import Path
 from asl_capture import chain, dcbor, envpolicy, gcpause, projectconfig
 from asl_capture.context import host_info, read_sources, vcs_info
 from asl_capture.errors import AslError, CaptureError, RecordWriteError, UsageError
-from asl_capture.hashing import Hasher, StatCache
+from asl_capture.hashing import Hasher
 from asl_capture.keys import Signer, ensure_dev_key, load_signer, read_passphrase
 from asl_capture.manifest import Excluder, Manifest, diff, snapshot
 from asl_capture.projectconfig import ProjectConfig
 from asl_capture.record import StepRecord
 from asl_capture.runner import RunResult, release_signals, run
+from asl_capture.statcache import StatCache
 from asl_capture.store import ObjectStore, ProvenanceDir
 
 ENV_DIR = "ASL_CAPTURE_DIR"

@@ -2,7 +2,7 @@
 
 The walk uses ``os.scandir`` and ``lstat`` only and never follows a symlink. For every path it
 produces either a finished manifest row ``(label, kind, permission bits, size, extra)`` or, for a
-regular file the :class:`~asl_capture.hashing.StatCache` cannot vouch for, a *miss*
+regular file the :class:`~asl_capture.statcache.StatCache` cannot vouch for, a *miss*
 ``(label, absolute path, identity)`` left for the hasher. The cache rule is
 :meth:`StatCache.lookup`'s, inlined here because this loop runs once per path.
 
@@ -26,9 +26,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from asl_capture import hashing
+from asl_capture import statcache
 from asl_capture.errors import SnapshotError
-from asl_capture.hashing import CacheRecord, Ident, StatCache
+from asl_capture.statcache import CacheRecord, Ident, StatCache
 
 #: ``(label, kind, permission bits, size, extra)``: a manifest entry as a plain tuple.
 Row = tuple[bytes, str, int, int, bytes | int | None]
@@ -43,7 +43,7 @@ _SHARE_PATHS = 2000
 #: At most this many tasks (groups of subtrees), so their indices fit in a pipe's buffer.
 _MAX_TASKS = 4096
 _TASK = struct.Struct("<I")
-_DIGEST_AT = hashing.IDENT.size
+_DIGEST_AT = statcache.IDENT.size
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CAN_SHARE = hasattr(os, "fork") and hasattr(os, "memfd_create")
 
@@ -75,12 +75,12 @@ class _Walk:
         mode = st.st_mode
         fmt = mode & _S_IFMT
         if fmt == _S_IFREG:
-            digest = hashing.cached_digest(self.table.get(abs_path), st)
+            digest = statcache.cached_digest(self.table.get(abs_path), st)
             if digest is not None:
                 self.rows.append((label, "f", mode & 0o7777, st.st_size, digest))
                 self.hits += 1
             else:
-                self.misses.append((label, abs_path, hashing.ident(st)))
+                self.misses.append((label, abs_path, statcache.ident(st)))
         elif fmt == _S_IFDIR:
             self.rows.append((label, "d", mode & 0o7777, 0, None))
             pending((abs_path, label, st.st_dev, st.st_ino))
@@ -113,7 +113,7 @@ class _Walk:
 
     def _children(self, dir_fd: int, directory: bytes, dir_label: bytes, pending: Callable[[Dir], None]) -> None:
         rows, add, miss = self.rows, self.rows.append, self.misses.append
-        get, pack = self.table.get, hashing.IDENT.pack
+        get, pack = self.table.get, statcache.IDENT.pack
         skip_abs, matches = self.skip.absolute, self.skip.matches
         fsencode = os.fsencode
         prefix = b"" if dir_label == b"." else dir_label + b"/"
@@ -136,7 +136,7 @@ class _Walk:
                     fmt = mode & _S_IFMT
                     if fmt == _S_IFREG:
                         size = st.st_size
-                        c = get(abs_path)  # hashing.cached_digest(), inlined: this runs once per file
+                        c = get(abs_path)  # statcache.cached_digest(), inlined: this runs once per file
                         if c is not None and c.startswith(pack(st.st_dev, st.st_ino, size, st.st_mtime_ns,
                                                                st.st_ctime_ns, mode)):
                             add((label, "f", mode & 0o7777, size, c[_DIGEST_AT:]))

@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from asl_capture import hashing, scan
+from asl_capture import hashing, scan, statcache
 from asl_capture.errors import SnapshotError
-from asl_capture.hashing import Hasher, StatCache
+from asl_capture.hashing import Hasher
 from asl_capture.manifest import Excluder, Manifest, snapshot
+from asl_capture.statcache import StatCache
 
 
 @pytest.fixture
@@ -87,7 +88,7 @@ def test_shared_walk_gives_the_serial_manifest(tmp_path: Path, share_early: list
 
 def test_shared_walk_fills_and_uses_the_cache(tmp_path: Path, share_early: list[int],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hashing, "RACY_NS", -(10**12))  # trust entries at once: no waiting in a test
+    monkeypatch.setattr(statcache, "RACY_NS", -(10**12))  # trust entries at once: no waiting in a test
     root = _tree(tmp_path)
     cache = StatCache()
     first = _snap(root, 2, cache)

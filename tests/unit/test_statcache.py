@@ -1,0 +1,92 @@
+"""The stat cache on its own: the racy rule at store time, the file format, and what it refuses."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from asl_capture import statcache
+from asl_capture.hashing import Hasher
+from asl_capture.statcache import StatCache
+
+
+def _sha(path: Path) -> bytes:
+    return hashlib.sha256(path.read_bytes()).digest()
+
+
+@pytest.fixture
+def no_racy_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(statcache, "RACY_NS", 0)
+
+
+@pytest.mark.usefixtures("no_racy_window")
+def test_cache_round_trips_and_corrupt_files_are_ignored(tmp_path: Path) -> None:
+    files = [tmp_path / f"f{i}" for i in range(50)]
+    for i, f in enumerate(files):
+        f.write_bytes(os.urandom(i))
+        os.utime(f, ns=(1_000_000_000, 1_000_000_000))
+    cache = StatCache()
+    Hasher(cache=cache, workers=1).hash_many((os.fsencode(f), os.lstat(f)) for f in files)
+    store = tmp_path / "statcache"
+    cache.save(store)
+    loaded = StatCache.load(store)
+    assert len(loaded) == 50
+    for f in files:
+        assert loaded.lookup(os.fsencode(f), os.lstat(f)) == _sha(f)
+    good = store.read_bytes()
+    assert good.startswith(b"ASLSTAT4")
+    for bad in (good[: len(good) // 2], good[:-1], good[:10], b"", b"garbage" * 100,
+                good[:40] + bytes([good[40] ^ 1]) + good[41:], b"ASLSTAT3" + good[8:]):
+        store.write_bytes(bad)
+        assert len(StatCache.load(store)) == 0
+    assert len(StatCache.load(tmp_path / "absent")) == 0
+
+
+def test_a_digest_taken_within_the_racy_window_is_not_kept_and_drops_the_old_one(tmp_path: Path) -> None:
+    f = tmp_path / "a"
+    f.write_bytes(b"old")
+    st = os.lstat(f)
+    path = os.fsencode(f)
+    newest = max(st.st_mtime_ns, st.st_ctime_ns)
+    cache = StatCache()
+    cache.store(path, st, b"\x01" * 32, newest + statcache.RACY_NS + 1)
+    assert cache.lookup(path, st) == b"\x01" * 32
+    cache.store(path, st, b"\x02" * 32, newest + statcache.RACY_NS)  # exactly at the window's edge
+    assert len(cache) == 0 and cache.lookup(path, st) is None
+
+
+def test_any_identity_field_that_differs_is_a_miss(tmp_path: Path) -> None:
+    f = tmp_path / "a"
+    f.write_bytes(b"x")
+    st = os.lstat(f)
+    cache = StatCache()
+    cache.store(b"p", st, b"\x03" * 32, 2**62)
+    assert cache.lookup(b"p", st) == b"\x03" * 32
+    for field in range(6):  # dev, ino, size, mtime_ns, ctime_ns, mode
+        fields = list(statcache.ident(st))
+        fields[field] += 1
+        cache._entries[b"p"] = statcache.IDENT.pack(*fields) + b"\x03" * 32
+        assert cache.lookup(b"p", st) is None, field
+    assert cache.lookup(b"other", st) is None
+
+
+def test_save_is_atomic_and_only_when_changed(tmp_path: Path) -> None:
+    store = tmp_path / "statcache"
+    cache = StatCache()
+    cache.save(store)
+    assert not store.exists()  # nothing changed: nothing written
+    cache.store(b"p", os.lstat(tmp_path), b"\x04" * 32, 2**62)
+    cache.save(store)
+    assert StatCache.load(store).table == cache.table
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["statcache"]  # no temporary file left
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o500)
+    try:
+        cache.store(b"q", os.lstat(tmp_path), b"\x05" * 32, 2**62)
+        cache.save(tmp_path / "ro" / "statcache")  # an unwritable directory is not an error
+        assert cache.dirty or os.geteuid() == 0
+    finally:
+        (tmp_path / "ro").chmod(0o700)
