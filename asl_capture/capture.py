@@ -138,8 +138,14 @@ def _capture(config: CaptureConfig, notify: Callable[[str], None]) -> CaptureOut
     out_roots = [_abs(p, cwd) for p in config.outputs] if declared else [root]
 
     def take(roots: list[Path]) -> Manifest:
-        return snapshot(roots, base=cwd, excluder=excluder, hasher=hasher, missing_ok=True,
-                        progress=_progress(config.progress, len(roots)))
+        progress = _Progress(config.progress, len(roots)) if config.progress is not None else None
+        taken: Manifest | None = None
+        try:
+            taken = snapshot(roots, base=cwd, excluder=excluder, hasher=hasher, missing_ok=True, progress=progress)
+        finally:
+            if progress is not None:
+                progress.end(taken.files if taken is not None else None)
+        return taken
 
     inputs = take(in_roots)
     outputs_before = inputs if in_roots == out_roots else take(out_roots)
@@ -234,10 +240,26 @@ def _record(config: CaptureConfig, b: _Before, result: RunResult) -> CaptureOutc
     return CaptureOutcome(exit_code=_exit_code(result, errors), record=record, seq=record.seq)
 
 
-def _progress(report: Callable[[str], None] | None, roots: int) -> Callable[[int], None] | None:
-    if report is None:
-        return None
-    return lambda done: report(f"asl-capture: hashed {done} files in {roots} root(s)")
+class _Progress:
+    """Progress lines for one snapshot; the last one shown is ended with a newline."""
+
+    def __init__(self, report: Callable[[str], None], roots: int) -> None:
+        self.report = report
+        self.roots = roots
+        self.last: str | None = None
+
+    def __call__(self, done: int) -> None:
+        self.last = self._line(done)
+        self.report(self.last)
+
+    def end(self, files: int | None) -> None:
+        """Finish the line (with the final count, when the snapshot completed), if one was shown,
+        so that what comes next starts on a line of its own."""
+        if self.last is not None:
+            self.report((self.last if files is None else self._line(files)) + "\n")
+
+    def _line(self, files: int) -> str:
+        return f"asl-capture: hashed {files} files in {self.roots} root(s)"
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:

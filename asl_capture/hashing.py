@@ -133,10 +133,10 @@ class Hasher:
     """Hashes many files in parallel, consulting and filling a :class:`StatCache`."""
 
     def __init__(self, *, cache: StatCache | None = None, workers: int | None = None,
-                 progress_after: float = PROGRESS_AFTER) -> None:
+                 progress_after: float | None = None) -> None:
         self.cache = cache if cache is not None else StatCache()
         self.workers = workers or available_cpus()
-        self.progress_after = progress_after
+        self.progress_after = PROGRESS_AFTER if progress_after is None else progress_after
 
     def hash_many(
         self,

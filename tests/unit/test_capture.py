@@ -1,0 +1,50 @@
+"""capture() as a library call: the progress lines a terminal sees for a long snapshot."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from asl_capture import hashing
+from asl_capture.capture import CaptureConfig, capture
+from tests.conftest import KeyPair
+
+
+def _config(work: Path, keypair: KeyPair, tmp_path: Path, messages: list[str] | None) -> CaptureConfig:
+    environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    return CaptureConfig(argv=("true",), environ=environ, cwd=work, provenance=tmp_path / "prov", key=keypair.key,
+                         progress=None if messages is None else messages.append)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_long_snapshot_reports_progress_and_ends_its_line(tmp_path: Path, keypair: KeyPair, workers: int,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hashing, "PROGRESS_AFTER", 0.0)  # every snapshot counts as long
+    monkeypatch.setattr(hashing, "available_cpus", lambda: workers)
+    work = tmp_path / "work"
+    work.mkdir()
+    for i in range(300):
+        (work / f"f{i:03d}").write_bytes(os.urandom(100))
+    messages: list[str] = []
+    outcome = capture(_config(work, keypair, tmp_path, messages), notify=lambda _msg: None)
+    assert outcome.exit_code == 0
+    assert messages, "no progress for a snapshot past the deadline"
+    assert all(m.startswith("asl-capture: hashed ") and m.count("\n") == m.endswith("\n") for m in messages)
+    ended = [m for m in messages if m.endswith("\n")]
+    # before and after the step (files this new are not cached): each snapshot ends its own line
+    assert ended == ["asl-capture: hashed 300 files in 1 root(s)\n"] * 2
+    assert messages[-1] == ended[-1]
+    first_end = messages.index(ended[0])
+    assert all(not m.endswith("\n") for m in messages[:first_end])
+
+
+def test_no_progress_callback_no_lines_and_a_short_snapshot_stays_quiet(tmp_path: Path, keypair: KeyPair) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "a").write_bytes(b"x")
+    messages: list[str] = []
+    assert capture(_config(work, keypair, tmp_path, messages), notify=lambda _msg: None).exit_code == 0
+    assert messages == []  # well under PROGRESS_AFTER
+    assert capture(_config(work, keypair, tmp_path, None), notify=lambda _msg: None).exit_code == 0
