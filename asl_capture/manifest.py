@@ -15,7 +15,6 @@ import functools
 import hashlib
 import operator
 import os
-import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,32 +229,13 @@ def label_for(root: Path, base: Path) -> bytes:
     return os.fsencode(absolute)
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "f"
-    if stat.S_ISDIR(mode):
-        return "d"
-    if stat.S_ISLNK(mode):
-        return "l"
-    if stat.S_ISCHR(mode):
-        return "c"
-    if stat.S_ISBLK(mode):
-        return "b"
-    if stat.S_ISFIFO(mode):
-        return "p"
-    return "s"
-
-
 @dataclass(frozen=True, slots=True)
 class Excluder:
-    """Decides which paths a snapshot skips: glob patterns plus always-excluded absolute paths."""
+    """Which paths a snapshot skips, each with its subtree: those a glob pattern matches (by label
+    or name) and the ``absolute`` paths. The walk (``scan.py``) also always skips ``.git``."""
 
     patterns: tuple[str, ...] = ()
     absolute: frozenset[bytes] = frozenset()
-
-    def skip(self, abs_path: bytes, label: bytes, name: bytes) -> bool:
-        """True when the path is excluded (its subtree is then skipped too)."""
-        return abs_path in self.absolute or name == b".git" or self.matches(abs_path, label, name)
 
     def matches(self, abs_path: bytes, label: bytes, name: bytes) -> bool:
         """True when a glob pattern matches the path's label or name."""
