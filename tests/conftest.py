@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -43,6 +44,19 @@ def cli_env(tmp_path: Path, keypair: KeyPair) -> dict[str, str]:
     env["ASL_CAPTURE_KEY"] = str(keypair.key)
     env["ASL_CAPTURE_DIR"] = str(tmp_path / "prov")
     return env
+
+
+def run_without_dac(argv: Sequence[str], *, what: str) -> subprocess.CompletedProcess[str]:
+    """Run ``argv``; as root, without the capabilities that let root read and list anything (so a
+    mode-0 file or directory is really unreadable). Skips the test when setpriv(1) is missing."""
+    argv = list(argv)
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip(f"running as root and setpriv(1) is missing: cannot make {what} unreadable")
+        drop = "-dac_override,-dac_read_search"
+        argv = [setpriv, f"--inh-caps={drop}", f"--bounding-set={drop}", *argv]
+    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
 
 
 def cli(tool: str, *args: str | os.PathLike[str], env: dict[str, str], cwd: Path | None = None,

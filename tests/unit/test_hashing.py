@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,7 @@ from asl_capture import dcbor, manifest, statcache
 from asl_capture.errors import SnapshotError
 from asl_capture.hashing import BUFFER_SIZE, Hasher, hash_file
 from asl_capture.statcache import StatCache
+from tests.conftest import run_without_dac
 
 
 def _sha(path: Path) -> bytes:
@@ -62,6 +62,7 @@ def test_same_size_restored_mtime_new_content_is_rehashed(tmp_path: Path) -> Non
     _age(f)
     cache = StatCache()
     _hash_one(cache, f)
+    assert len(cache) == 1  # the old digest is cached: only its identity can keep it from being served
     f.write_bytes(b"bbbb")
     os.utime(f, ns=(1_000_000_000, 1_000_000_000))
     assert _hash_one(cache, f) == hashlib.sha256(b"bbbb").digest()
@@ -76,6 +77,7 @@ def test_replaced_inode_is_rehashed(tmp_path: Path) -> None:
     _age(f)
     cache = StatCache()
     _hash_one(cache, f)
+    assert len(cache) == 1  # the old digest is cached: only its identity can keep it from being served
     new.write_bytes(b"new!")
     os.utime(new, ns=(1_000_000_000, 1_000_000_000))
     new.rename(f)
@@ -170,14 +172,7 @@ def _unreadable_snapshot(tree: Path) -> subprocess.CompletedProcess[str]:
         except SnapshotError as exc:
             print("SnapshotError:", exc)
     """)
-    argv = [sys.executable, "-c", code]
-    if os.geteuid() == 0:  # root reads anything: run without the capabilities that let it
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root and setpriv(1) is missing: cannot make a file unreadable")
-        drop = "-dac_override,-dac_read_search"
-        argv = [setpriv, f"--inh-caps={drop}", f"--bounding-set={drop}", *argv]
-    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+    return run_without_dac([sys.executable, "-c", code], what="a file")
 
 
 def test_unreadable_file_names_the_path(tmp_path: Path) -> None:

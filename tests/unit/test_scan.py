@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from asl_capture.errors import SnapshotError
 from asl_capture.hashing import Hasher
 from asl_capture.manifest import Excluder, Manifest, snapshot
 from asl_capture.statcache import StatCache
+from tests.conftest import run_without_dac
 
 
 @pytest.fixture
@@ -148,16 +148,9 @@ def _unlistable(tree: Path, victim: Path) -> subprocess.CompletedProcess[str]:
         except SnapshotError as exc:
             print("SnapshotError:", exc)
     """)
-    argv = [sys.executable, "-c", code]
-    if os.geteuid() == 0:  # root lists anything: run without the capabilities that let it
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root and setpriv(1) is missing: cannot make a directory unreadable")
-        drop = "-dac_override,-dac_read_search"
-        argv = [setpriv, f"--inh-caps={drop}", f"--bounding-set={drop}", *argv]
     victim.chmod(0)
     try:
-        return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+        return run_without_dac([sys.executable, "-c", code], what="a directory")
     finally:
         victim.chmod(0o755)
 
