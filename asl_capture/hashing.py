@@ -115,7 +115,7 @@ def sha256_path(path: Path) -> bytes:
 
 
 def _chunks(items: list[tuple[bytes, Ident]]) -> list[tuple[int, int]]:
-    """Split ``items`` (largest first) into index ranges of bounded file count and bytes."""
+    """Split ``items`` (large files first) into index ranges of bounded file count and bytes."""
     chunks: list[tuple[int, int]] = []
     most = max(_CHUNK_FILES, len(items) // 8192 + 1)  # at most ~8192 chunks: their queue must fit a pipe
     start = size = 0
