@@ -22,7 +22,7 @@ RACY_NS = 2_000_000_000
 _CACHE_MAGIC = b"ASLSTAT4"
 #: The identity a cache record is valid for: dev, ino, size, mtime_ns, ctime_ns, mode.
 IDENT = struct.Struct("<QQQqqI")
-#: A cache record: the packed identity, then the SHA-256.
+#: Bytes in one record (see :data:`CacheRecord`).
 _RECORD = IDENT.size + 32
 _COUNT = struct.Struct("<Q")
 
