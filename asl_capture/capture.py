@@ -14,14 +14,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asl_capture import chain, dcbor, envpolicy, gcpause, projectconfig
+from asl_capture import chain, envpolicy, gcpause, projectconfig
 from asl_capture.context import host_info, read_sources, vcs_info
 from asl_capture.errors import AslError, CaptureError, RecordWriteError, UsageError
+from asl_capture.format import Inputs, Log, Manifest, Outputs, Source, StepRecord, Vcs, diff
 from asl_capture.hashing import Hasher
 from asl_capture.keys import Signer, ensure_dev_key, load_signer, read_passphrase
-from asl_capture.manifest import Excluder, Manifest, diff, snapshot
+from asl_capture.manifest import Excluder, snapshot
 from asl_capture.projectconfig import ProjectConfig
-from asl_capture.record import StepRecord
 from asl_capture.runner import RunResult, release_signals, run
 from asl_capture.statcache import StatCache
 from asl_capture.store import ObjectStore, ProvenanceDir
@@ -190,7 +190,7 @@ class _Before:
     out_roots: list[Path]
     cache: StatCache
     sources_stamp: tuple[int, int, int] | None
-    vcs: dict[str, dcbor.Value] | None
+    vcs: Vcs | None
     run_id: bytes
     parent: bytes | None
 
@@ -208,7 +208,7 @@ def _record(config: CaptureConfig, b: _Before, result: RunResult) -> CaptureOutc
             outputs_after = outputs_before
     except AslError as exc:
         errors.append(f"output snapshot failed: {exc}")
-    sources: list[dcbor.Value] | None = None
+    sources: tuple[Source, ...] | None = None
     if config.sources_file is not None:
         sources_path = _abs(config.sources_file, cwd)
         try:
@@ -220,20 +220,15 @@ def _record(config: CaptureConfig, b: _Before, result: RunResult) -> CaptureOutc
     b.cache.save(b.prov.statcache)
 
     changes = diff(outputs_before, outputs_after)
-    body = _body(config, cwd, result, errors, run_id=b.run_id, parent=b.parent, vcs=b.vcs, sources=sources)
-    body["inputs"] = {"manifest": store.put(inputs.encode()), "entries": len(inputs.entries), "files": inputs.files}
-    body["outputs"] = {
-        "manifest": store.put(outputs_after.encode()),
-        "before": store.put(outputs_before.encode()),
-        "changes": store.put(changes.encode()),
-        "entries": len(outputs_after.entries),
-        "files": outputs_after.files,
-        "created": len(changes.created),
-        "modified": len(changes.modified),
-        "deleted": len(changes.deleted),
-    }
+    trees = (
+        Inputs(manifest=store.put(inputs.encode()), entries=len(inputs.entries), files=inputs.files),
+        Outputs(manifest=store.put(outputs_after.encode()), before=store.put(outputs_before.encode()),
+                changes=store.put(changes.encode()), entries=len(outputs_after.entries), files=outputs_after.files,
+                created=len(changes.created), modified=len(changes.modified), deleted=len(changes.deleted)),
+    )
+    draft = _draft(config, b, result, errors, trees, sources)
     try:
-        record, _item = chain.append(b.prov, b.signer, lambda _head: dict(body),
+        record, _item = chain.append(b.prov, b.signer, lambda _head: draft,
                                      new_chain_id=lambda: secrets.token_bytes(16))
     except AslError as exc:
         raise RecordWriteError(f"the command ran but its record could not be appended: {exc}") from None
@@ -297,7 +292,7 @@ def _exit_code(result: RunResult, errors: list[str]) -> int:
     return result.returncode
 
 
-def _text(value: str) -> dcbor.Value:
+def _text(value: str) -> str | bytes:
     """Command-line text as recorded: UTF-8 text, or raw bytes when it is not valid UTF-8."""
     raw = os.fsencode(value)
     try:
@@ -306,41 +301,34 @@ def _text(value: str) -> dcbor.Value:
         return raw
 
 
-def _body(
-    config: CaptureConfig, cwd: Path, result: RunResult, errors: list[str], *, run_id: bytes,
-    parent: bytes | None, vcs: dict[str, dcbor.Value] | None, sources: list[dcbor.Value] | None,
-) -> dict[str, dcbor.Value]:
+def _draft(
+    config: CaptureConfig, b: _Before, result: RunResult, errors: list[str], trees: tuple[Inputs, Outputs],
+    sources: tuple[Source, ...] | None,
+) -> StepRecord:
+    """The record, with placeholder chain fields (:func:`chain.append` sets them under the lock)."""
     hidden = envpolicy.secret_values(config.environ)
-    env: dict[str, dcbor.Value] = {
-        k: (None if v is None else envpolicy.mask(v, hidden))
-        for k, v in envpolicy.recorded_env(config.environ).items()
-    }
-    body: dict[str, dcbor.Value] = {
-        "v": 1,
-        "id": run_id,
-        "parent": parent,
-        "step": envpolicy.mask(config.step or os.path.basename(config.argv[0]) or config.argv[0], hidden),
-        "argv": [_text(envpolicy.mask(a, hidden)) for a in config.argv],
-        "cwd": _text(envpolicy.mask(str(cwd), hidden)),
-        "env": env,
-        "started": result.started,
-        "finished": result.finished,
-        "exit": result.returncode if result.returncode is not None else EXIT_CANNOT_START,
-        "status": _status(result, errors),
-        "stdout": {"digest": result.stdout.digest, "size": result.stdout.size},
-        "stderr": {"digest": result.stderr.digest, "size": result.stderr.size},
-        "host": host_info(),
-    }
     sde = config.environ.get("SOURCE_DATE_EPOCH", "")
-    if sde.isdigit():
-        body["source_date_epoch"] = int(sde)
-    if vcs is not None:
-        body["vcs"] = vcs
-    if sources is not None:
-        body["sources"] = sources
-    if errors:
-        body["error"] = envpolicy.mask("; ".join(errors), hidden)
-    if result.signals:
-        body["signals"] = list(result.signals)
-    return body
-
+    return StepRecord(
+        chain=bytes(16), seq=0, prev=None,
+        id=b.run_id,
+        parent=b.parent,
+        step=envpolicy.mask(config.step or os.path.basename(config.argv[0]) or config.argv[0], hidden),
+        argv=tuple(_text(envpolicy.mask(a, hidden)) for a in config.argv),
+        cwd=_text(envpolicy.mask(str(b.cwd), hidden)),
+        env={k: (None if v is None else envpolicy.mask(v, hidden))
+             for k, v in envpolicy.recorded_env(config.environ).items()},
+        started=result.started,
+        finished=result.finished,
+        exit=result.returncode if result.returncode is not None else EXIT_CANNOT_START,
+        status=_status(result, errors),
+        inputs=trees[0],
+        outputs=trees[1],
+        stdout=Log(digest=result.stdout.digest, size=result.stdout.size),
+        stderr=Log(digest=result.stderr.digest, size=result.stderr.size),
+        host=host_info(),
+        source_date_epoch=int(sde) if sde.isdigit() else None,
+        sources=sources,
+        vcs=b.vcs,
+        error=envpolicy.mask("; ".join(errors), hidden) if errors else None,
+        signals=tuple(result.signals) if result.signals else None,
+    )

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from asl_capture import cose, dcbor
 from asl_capture.errors import AslError, CborError, ChainError, TornTailError, TruncatedCbor
+from asl_capture.format import CHECKPOINT_CONTENT_TYPE, Checkpoint, StepRecord
 from asl_capture.keys import Signer
-from asl_capture.record import StepRecord
 from asl_capture.store import ProvenanceDir
 
 
@@ -166,16 +166,8 @@ def _write_head(prov: ProvenanceDir, item: Item) -> None:
         tmp.unlink(missing_ok=True)
 
 
-CHECKPOINT_CONTENT_TYPE = "application/vnd.asl.checkpoint+cbor"
-
-
-def checkpoint_payload(record: StepRecord, item: Item) -> bytes:
-    """The signed checkpoint: ``{"v": 1, "chain", "seq", "digest"}`` of the newest record."""
-    return dcbor.encode({"v": 1, "chain": record.chain, "seq": record.seq, "digest": item.digest})
-
-
 def _write_checkpoint(prov: ProvenanceDir, signer: Signer, record: StepRecord, item: Item) -> None:
-    """Replace ``checkpoint.cose`` with a signed statement of the chain's newest record.
+    """Replace ``checkpoint.cose`` with a signed :class:`Checkpoint` of the chain's newest record.
 
     The chain alone cannot show that records were cut from its end; the checkpoint can, unless an
     older checkpoint is put back too (the signed release manifest anchors that case).
@@ -183,7 +175,8 @@ def _write_checkpoint(prov: ProvenanceDir, signer: Signer, record: StepRecord, i
     Raises:
         ChainError: the checkpoint cannot be written (the record itself is already durable).
     """
-    data = cose.sign(checkpoint_payload(record, item), signer.private_key, content_type=CHECKPOINT_CONTENT_TYPE)
+    payload = Checkpoint(chain=record.chain, seq=record.seq, digest=item.digest).to_cbor()
+    data = cose.sign(payload, signer.private_key, content_type=CHECKPOINT_CONTENT_TYPE)
     tmp = prov.checkpoint.with_name(f".checkpoint.{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
@@ -238,29 +231,29 @@ def _open_chain(prov: ProvenanceDir) -> int:
 def append(
     prov: ProvenanceDir,
     signer: Signer,
-    build: Callable[[Head], dict[str, dcbor.Value]],
+    build: Callable[[Head], StepRecord],
     *,
     new_chain_id: Callable[[], bytes],
 ) -> tuple[StepRecord, Item]:
-    """Append one signed record. ``build(head)`` returns the payload without the chain fields.
+    """Append the record ``build(head)`` returns, signed; return it as appended and its item.
 
-    ``chain``, ``seq`` and ``prev`` are filled in under the lock, so concurrent appenders never fork
-    the chain.
+    The chain fields of the built record are ignored: ``chain``, ``seq`` and ``prev`` are set under
+    the lock (:meth:`StepRecord.linked`), so concurrent appenders never fork the chain.
 
     Raises:
         TornTailError: the chain ends with a partial record; nothing is written.
+        FormatError: the record breaks the format (a bug in the caller); nothing is written.
         ChainError: the chain cannot be opened or written.
     """
     with locked(prov):
         fd = _open_chain(prov)
         try:
             head = _current_head(prov, fd)
-            body = build(head)
-            body["chain"] = head.chain if head.chain is not None else new_chain_id()
-            body["seq"] = head.next_seq
-            body["prev"] = head.prev
-            record = StepRecord.from_value(body)
-            raw = cose.sign(record.to_cbor(), signer.private_key)
+            record = build(head).linked(chain=head.chain if head.chain is not None else new_chain_id(),
+                                  seq=head.next_seq, prev=head.prev)
+            payload = record.to_cbor()
+            StepRecord.from_cbor(payload)  # never sign what a verifier would reject
+            raw = cose.sign(payload, signer.private_key)
             written = 0
             try:
                 while written < len(raw):
@@ -293,11 +286,9 @@ def _checkpoint_seq(prov: ProvenanceDir) -> int | None:
     """The seq the current checkpoint vouches for (unverified: repair only compares it), or None."""
     try:
         msg = cose.parse(dcbor.decode(prov.checkpoint.read_bytes(), tags=cose.COSE_TAGS))
-        body = dcbor.decode(msg.payload)
+        return Checkpoint.from_cbor(msg.payload).seq
     except (OSError, AslError):
         return None
-    seq = body.get("seq") if isinstance(body, dict) else None
-    return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
 
 
 def repair(prov: ProvenanceDir, *, signer: Callable[[], Signer] | None = None) -> RepairResult:

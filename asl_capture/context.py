@@ -8,23 +8,19 @@ import re
 import subprocess
 from pathlib import Path
 
-from asl_capture import __version__, dcbor
+from asl_capture import __version__
 from asl_capture.errors import CaptureError
+from asl_capture.format import Host, Source, Vcs
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _SOURCE_KEYS = frozenset({"uri", "sha256", "kind", "via", "name", "version", "size"})
 
 
-def host_info() -> dict[str, dcbor.Value]:
-    """Hostname, kernel, machine and tool version."""
+def host_info() -> Host:
+    """Hostname, kernel, machine, tool and Python version."""
     uname = os.uname()
-    return {
-        "hostname": uname.nodename,
-        "kernel": uname.release,
-        "machine": uname.machine,
-        "tool": f"asl-capture {__version__}",
-        "python": platform.python_version(),
-    }
+    return Host(hostname=uname.nodename, kernel=uname.release, machine=uname.machine,
+                tool=f"asl-capture {__version__}", python=platform.python_version())
 
 
 def find_checkout(start: Path) -> Path | None:
@@ -48,7 +44,7 @@ def _git(checkout: Path, *args: str) -> str | None:
     return done.stdout.decode("utf-8", "replace").strip() if done.returncode == 0 else None
 
 
-def vcs_info(start: Path) -> dict[str, dcbor.Value] | None:
+def vcs_info(start: Path) -> Vcs | None:
     """Commit, tree and dirtiness of the git checkout holding ``start``, or None outside one."""
     checkout = find_checkout(start)
     if checkout is None:
@@ -58,10 +54,10 @@ def vcs_info(start: Path) -> dict[str, dcbor.Value] | None:
     status = _git(checkout, "status", "--porcelain")
     if commit is None or tree is None or status is None:
         return None
-    return {"type": "git", "commit": commit, "tree": tree, "dirty": bool(status)}
+    return Vcs(commit=commit, tree=tree, dirty=bool(status))
 
 
-def read_sources(path: Path) -> list[dcbor.Value]:
+def read_sources(path: Path) -> tuple[Source, ...]:
     """Parse a step's sources file: JSON Lines of ``{"uri", "sha256", "kind", "via"?, ...}``.
 
     Raises:
@@ -72,7 +68,7 @@ def read_sources(path: Path) -> list[dcbor.Value]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CaptureError(f"{path}: cannot read sources file: {exc}") from None
-    sources: list[dcbor.Value] = []
+    sources: list[Source] = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -83,19 +79,14 @@ def read_sources(path: Path) -> list[dcbor.Value]:
         if not isinstance(obj, dict) or not {"uri", "sha256", "kind"} <= obj.keys() or obj.keys() - _SOURCE_KEYS:
             raise CaptureError(f"{path}:{number}: a source needs uri, sha256 and kind (optional: via, name, "
                                f"version, size) and nothing else")
-        entry: dict[str, dcbor.Value] = {}
         for key, value in obj.items():
             if key == "sha256":
                 if not isinstance(value, str) or not _HEX64.fullmatch(value):
                     raise CaptureError(f"{path}:{number}: sha256 must be 64 lowercase hex digits")
-                entry[key] = bytes.fromhex(value)
             elif key == "size":
-                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 64:
                     raise CaptureError(f"{path}:{number}: size must be a non-negative integer")
-                entry[key] = value
-            else:
-                if not isinstance(value, str):
-                    raise CaptureError(f"{path}:{number}: {key} must be a string")
-                entry[key] = value
-        sources.append(entry)
-    return sources
+            elif not isinstance(value, str):
+                raise CaptureError(f"{path}:{number}: {key} must be a string")
+        sources.append(Source(**{**obj, "sha256": bytes.fromhex(obj["sha256"])}))
+    return tuple(sources)

@@ -14,14 +14,13 @@ from typing import TYPE_CHECKING
 
 from asl_capture import dcbor
 from asl_capture.errors import CborError, VerificationError
+from asl_capture.format.constants import STEP_CONTENT_TYPE
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 COSE_SIGN1_TAG = 18
 ALG_EDDSA = -8
-STEP_CONTENT_TYPE = "application/vnd.asl.step+cbor"
-RELEASE_CONTENT_TYPE = "application/vnd.asl.release+cbor"
 #: The tags a chain item may carry (for :func:`dcbor.decode`).
 COSE_TAGS = frozenset({COSE_SIGN1_TAG})
 

@@ -11,7 +11,6 @@ only ever raise :class:`~asl_capture.errors.CborError` and so that encoding does
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Union
@@ -33,22 +32,27 @@ class Tag:
     value: Value
 
 
-def _head(major: int, arg: int, out: bytearray) -> None:
+_TINY = [bytes([b]) for b in range(256)]
+
+
+def head(major: int, arg: int) -> bytes:
+    """The shortest head of major type ``major`` (0-7) with argument ``arg`` (a value, length or tag).
+
+    Raises:
+        CborError: ``arg`` does not fit in 64 bits.
+    """
     mt = major << 5
     if arg < 24:
-        out.append(mt | arg)
-    elif arg < 0x100:
-        out.append(mt | 24)
-        out.append(arg)
-    elif arg < 0x10000:
-        out.append(mt | 25)
-        out += struct.pack(">H", arg)
-    elif arg < 0x100000000:
-        out.append(mt | 26)
-        out += struct.pack(">I", arg)
-    else:
-        out.append(mt | 27)
-        out += struct.pack(">Q", arg)
+        return _TINY[mt | arg]
+    if arg < 0x100:
+        return bytes((mt | 24, arg))
+    if arg < 0x10000:
+        return bytes((mt | 25,)) + arg.to_bytes(2, "big")
+    if arg < 0x100000000:
+        return bytes((mt | 26,)) + arg.to_bytes(4, "big")
+    if arg < _U64:
+        return bytes((mt | 27,)) + arg.to_bytes(8, "big")
+    raise CborError(f"integer {arg} outside the 64-bit CBOR range")
 
 
 def _enc(value: Value, out: bytearray, depth: int) -> None:
@@ -62,25 +66,20 @@ def _enc(value: Value, out: bytearray, depth: int) -> None:
     elif value is None:
         out.append(0xF6)
     elif isinstance(value, int):
-        if 0 <= value < _U64:
-            _head(0, value, out)
-        elif -_U64 <= value < 0:
-            _head(1, -1 - value, out)
-        else:
-            raise CborError(f"integer {value} outside the 64-bit CBOR range")
+        out += head(0, value) if value >= 0 else head(1, -1 - value)
     elif isinstance(value, bytes | bytearray | memoryview):
         raw = bytes(value)
-        _head(2, len(raw), out)
+        out += head(2, len(raw))
         out += raw
     elif isinstance(value, str):
         try:
             raw = value.encode("utf-8")
         except UnicodeEncodeError:
             raise CborError("text is not encodable as UTF-8") from None
-        _head(3, len(raw), out)
+        out += head(3, len(raw))
         out += raw
     elif isinstance(value, list | tuple):
-        _head(4, len(value), out)
+        out += head(4, len(value))
         for item in value:
             _enc(item, out, depth + 1)
     elif isinstance(value, dict):
@@ -96,15 +95,15 @@ def _enc(value: Value, out: bytearray, depth: int) -> None:
         # RFC 8949 4.2.1: bytewise order of the encoded keys; for text keys, that is
         # shorter first, then bytewise.
         items.sort(key=lambda kv: (len(kv[0]), kv[0]))
-        _head(5, len(items), out)
+        out += head(5, len(items))
         for raw_key, item in items:
-            _head(3, len(raw_key), out)
+            out += head(3, len(raw_key))
             out += raw_key
             _enc(item, out, depth + 1)
     elif isinstance(value, Tag):
-        if not 0 <= value.tag < _U64:
-            raise CborError(f"tag {value.tag} outside the 64-bit range")
-        _head(6, value.tag, out)
+        if value.tag < 0:
+            raise CborError(f"tag {value.tag} is negative")
+        out += head(6, value.tag)
         _enc(value.value, out, depth + 1)
     else:
         raise CborError(f"cannot encode a {type(value).__name__} in deterministic CBOR")

@@ -36,6 +36,18 @@ class TruncatedCbor(CborError):
     """The input ended inside a CBOR item."""
 
 
+class FormatError(CborError):
+    """Well-formed CBOR that breaks the record format (docs/FORMAT.md); names the offending field.
+
+    ``field`` is the field's path inside the decoded value, e.g. ``argv[0]`` or ``inputs.entries``
+    (empty for the value as a whole); the message is ``<field>: <what is wrong>``.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}" if field else problem)
+        self.field = field
+
+
 class KeyFileError(AslError):
     """A key file is missing, unreadable, malformed, too permissive or wrongly encrypted."""
 

@@ -2,8 +2,9 @@
 
 Checks, in order, each logged as one numbered line: 1 decode, 2 signature (by a trusted key id),
 3 payload (the record schema, decoded only after its signature held), 4 linkage (chain id, seq,
-prev), 5 objects (every referenced object present and matching its digest), 6 status (every step
-``ok``, every session finished). The first failing check raises :class:`VerificationError` naming
+prev), 5 objects (every referenced object present and matching its digest; tree manifests and change
+lists well-formed and agreeing with the record's counts), 6 status (every step ``ok``, every session
+finished). The first failing check raises :class:`VerificationError` naming
 the record and the check; success returns a :class:`ChainReport`.
 """
 
@@ -17,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asl_capture import chain, cose, dcbor
-from asl_capture.errors import CborError, ChainError, VerificationError
+from asl_capture.errors import CborError, ChainError, StoreError, VerificationError
+from asl_capture.format import CHECKPOINT_CONTENT_TYPE, STEP_CONTENT_TYPE, Changes, Checkpoint, Manifest, StepRecord
 from asl_capture.hashing import available_cpus
-from asl_capture.record import StepRecord
 from asl_capture.store import ObjectStore, ProvenanceDir
 
 if TYPE_CHECKING:
@@ -124,24 +125,19 @@ def verify_chain(
     checkpoint = _check_checkpoint(prov, trusted, chain_id, scan.items)
     emit(4, "linkage", f"chain {chain_id.hex()}, seq 0..{len(records) - 1}, every prev matches; {checkpoint}")
 
-    store = ObjectStore(prov)
-    checked: set[bytes] = set()
+    objects = _Objects(ObjectStore(prov))
     for index, record in enumerate(records):
-        for digest in record.object_digests():
-            if digest in checked:
-                continue
-            problem = store.check(digest)
-            if problem is not None:
-                raise VerificationError(problem, check="objects", record=index)
-            checked.add(digest)
-    emit(5, "objects", f"{len(checked)} referenced objects present and matching their digests")
+        objects.check_record(index, record)
+    emit(5, "objects", f"{len(objects.checked)} referenced objects present and matching their digests; "
+                       f"manifests and change lists well-formed and matching the records' counts")
 
     tree = _status(records)
     emit(6, "status", f"{len(records)} steps ok, {len(tree)} top-level session(s) finished")
     head = scan.items[-1]
     return ChainReport(
         path=prov.chain, chain_id=chain_id, records=tuple(records), head_seq=records[-1].seq,
-        head_digest=hashlib.sha256(head.raw).digest(), size=scan.size, kids=kids, objects=len(checked), tree=tree,
+        head_digest=hashlib.sha256(head.raw).digest(), size=scan.size, kids=kids, objects=len(objects.checked),
+        tree=tree,
     )
 
 
@@ -160,20 +156,16 @@ def _check_checkpoint(
         msg = cose.parse(dcbor.decode(raw, tags=cose.COSE_TAGS))
     except (CborError, VerificationError) as exc:
         raise fail(f"malformed: {exc}") from None
-    problem = _trust_problem(msg, trusted, chain.CHECKPOINT_CONTENT_TYPE, "a checkpoint")
+    problem = _trust_problem(msg, trusted, CHECKPOINT_CONTENT_TYPE, "a checkpoint")
     if problem is not None:
         raise fail(problem)
     try:
-        body = dcbor.decode(msg.payload)
+        checkpoint = Checkpoint.from_cbor(msg.payload)
     except CborError as exc:
-        raise fail(f"malformed payload: {exc}") from None
-    if not isinstance(body, dict) or set(body) != {"v", "chain", "seq", "digest"} or body["v"] != 1:
-        raise fail("payload is not a version-1 checkpoint")
-    seq, digest = body["seq"], body["digest"]
-    if body["chain"] != chain_id:
+        raise fail(f"payload is not a version-1 checkpoint: {exc}") from None
+    seq, digest = checkpoint.seq, checkpoint.digest
+    if checkpoint.chain != chain_id:
         raise fail("belongs to another chain")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0 or not isinstance(digest, bytes):
-        raise fail("payload has a bad seq or digest")
     if seq >= len(items):
         raise fail(f"vouches for seq {seq} but the chain ends at seq {len(items) - 1}: records were removed "
                    f"from its end")
@@ -199,7 +191,7 @@ def _trust_problem(msg: cose.Sign1, trusted: dict[bytes, Ed25519PublicKey], cont
 
 
 def _check_one(index: int, msg: cose.Sign1, trusted: dict[bytes, Ed25519PublicKey]) -> None:
-    problem = _trust_problem(msg, trusted, cose.STEP_CONTENT_TYPE, "a step record")
+    problem = _trust_problem(msg, trusted, STEP_CONTENT_TYPE, "a step record")
     if problem is not None:
         raise VerificationError(problem, check="signature", record=index)
 
@@ -259,6 +251,67 @@ def _check_signatures(messages: list[cose.Sign1], trusted: dict[bytes, Ed25519Pu
     for index in sorted(failures):
         for again in range(index, len(messages)):
             _check_one(again, messages[again], trusted)
+
+
+class _Objects:
+    """Check 5: each referenced object once (present, matching its digest, well-formed for its field)."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self.checked: set[bytes] = set()
+        self.manifests: dict[bytes, tuple[int, int]] = {}  # digest -> (entries, files)
+        self.changes: dict[bytes, tuple[int, int, int]] = {}  # digest -> (created, modified, deleted)
+
+    def check_record(self, index: int, record: StepRecord) -> None:
+        """Raises VerificationError (check ``objects``) naming the record and the field."""
+        def fail(field: str, message: str) -> VerificationError:
+            return VerificationError(f"{field}: {message}", check="objects", record=index)
+
+        ins, outs = record.inputs, record.outputs
+        for field, digest, counts in (("inputs", ins.manifest, (ins.entries, ins.files)),
+                                      ("outputs", outs.manifest, (outs.entries, outs.files)),
+                                      ("outputs", outs.before, None)):
+            name = "before" if counts is None else "manifest"
+            found = self._manifest(digest, f"{field}.{name}", fail)
+            if counts is not None and found != counts:
+                raise fail(field, f"entries {counts[0]}, files {counts[1]}, but the manifest lists "
+                                  f"{found[0]} entries, {found[1]} files")
+        changes = self._changes(outs.changes, fail)
+        if changes != (outs.created, outs.modified, outs.deleted):
+            raise fail("outputs", f"created {outs.created}, modified {outs.modified}, deleted {outs.deleted}, "
+                                  f"but the change list has {changes[0]}, {changes[1]}, {changes[2]}")
+        for field, log in (("stdout", record.stdout), ("stderr", record.stderr)):
+            if log.digest not in self.checked:
+                problem = self.store.check(log.digest)
+                if problem is not None:
+                    raise fail(f"{field}.digest", problem)
+                self.checked.add(log.digest)
+
+    def _read(self, digest: bytes, field: str, fail: Callable[[str, str], VerificationError]) -> bytes:
+        try:
+            data = self.store.read(digest)
+        except StoreError as exc:
+            raise fail(field, str(exc)) from None
+        self.checked.add(digest)
+        return data
+
+    def _manifest(self, digest: bytes, field: str, fail: Callable[[str, str], VerificationError]) -> tuple[int, int]:
+        if digest not in self.manifests:
+            try:
+                manifest = Manifest.from_cbor(self._read(digest, field, fail))
+            except CborError as exc:
+                raise fail(field, f"not a version-1 tree manifest: {exc}") from None
+            self.manifests[digest] = (len(manifest.entries), manifest.files)
+        return self.manifests[digest]
+
+    def _changes(self, digest: bytes, fail: Callable[[str, str], VerificationError]) -> tuple[int, int, int]:
+        if digest not in self.changes:
+            try:
+                changes = Changes.from_cbor(self._read(digest, "outputs.changes", fail))
+            except CborError as exc:
+                raise fail("outputs.changes", f"not a version-1 change list: {exc}") from None
+            self.changes[digest] = (len(changes.created), len(changes.modified), len(changes.deleted))
+        return self.changes[digest]
 
 
 def _status(records: list[StepRecord]) -> tuple[StepNode, ...]:

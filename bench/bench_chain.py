@@ -15,6 +15,7 @@ Usage: ``python bench/bench_chain.py [--records N] [--reps N]``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import statistics
@@ -29,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ensure_in_toto, make_key, summary
 
-from asl_capture import chain, dcbor
+from asl_capture import chain
+from asl_capture.format import Changes, Host, Inputs, Log, Manifest, Outputs, StepRecord
 from asl_capture.keys import generate, load_signer
-from asl_capture.manifest import Changes, Manifest
 from asl_capture.store import ObjectStore, ProvenanceDir
 
 
@@ -49,18 +50,18 @@ def build_chain(directory: Path, records: int) -> Path:
     manifest = store.put(Manifest(roots=(b".",), entries=()).encode())
     changes = store.put(Changes(created=(), modified=(), deleted=()).encode())
     log = store.put(b"")
-    body: dict[str, dcbor.Value] = {
-        "v": 1, "parent": None, "step": "bench", "argv": ["true"], "cwd": "/", "env": {"PATH": "/usr/bin"},
-        "started": 1_700_000_000_000_000_000, "finished": 1_700_000_000_000_000_001, "exit": 0, "status": "ok",
-        "inputs": {"manifest": manifest, "entries": 0, "files": 0},
-        "outputs": {"manifest": manifest, "before": manifest, "changes": changes, "entries": 0, "files": 0,
-                    "created": 0, "modified": 0, "deleted": 0},
-        "stdout": {"digest": log, "size": 0}, "stderr": {"digest": log, "size": 0},
-        "host": {"hostname": "bench", "kernel": "k", "machine": "x86_64", "tool": "asl-capture bench"},
-    }
+    record = StepRecord(
+        chain=bytes(16), seq=0, prev=None, id=bytes(16), parent=None, step="bench", argv=("true",), cwd="/",
+        env={"PATH": "/usr/bin"}, started=1_700_000_000_000_000_000, finished=1_700_000_000_000_000_001, exit=0,
+        status="ok", inputs=Inputs(manifest=manifest, entries=0, files=0),
+        outputs=Outputs(manifest=manifest, before=manifest, changes=changes, entries=0, files=0, created=0,
+                        modified=0, deleted=0),
+        stdout=Log(digest=log, size=0), stderr=Log(digest=log, size=0),
+        host=Host(hostname="bench", kernel="k", machine="x86_64", tool="asl-capture bench", python="3"),
+    )
     print(f"building a {records}-record chain in {directory} ...", flush=True)
-    def build(n: int) -> Callable[[chain.Head], dict[str, dcbor.Value]]:
-        return lambda _head: {**body, "id": n.to_bytes(16, "big")}
+    def build(n: int) -> Callable[[chain.Head], StepRecord]:
+        return lambda _head: dataclasses.replace(record, id=n.to_bytes(16, "big"))
 
     for n in range(records):
         chain.append(prov, signer, build(n), new_chain_id=lambda: os.urandom(16))
@@ -84,7 +85,7 @@ def main() -> None:
     parser.add_argument("--verify-reps", type=int, default=5)
     args = parser.parse_args()
     ensure_in_toto()
-    chain_dir = Path(tempfile.gettempdir()) / "asl-bench-chain-v2"
+    chain_dir = Path(tempfile.gettempdir()) / "asl-bench-chain-v3"
     pub = build_chain(chain_dir, args.records)
     verify = [shutil.which("asl-verify") or "asl-verify", "chain", str(chain_dir / "prov"), "--trust", str(pub)]
     asl = shutil.which("asl-capture") or "asl-capture"

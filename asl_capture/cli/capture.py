@@ -60,9 +60,9 @@ def cli(step: str | None, provenance: Path | None, key: Path | None, passphrase_
     except AslError as exc:
         click.echo(f"{type(exc).__name__}: {exc}", err=True)
         sys.exit(2)
-    error = outcome.record.body.get("error")
-    if isinstance(error, str):
-        click.echo(f"asl-capture: {error} (recorded as seq {outcome.seq}, status {outcome.record.status})", err=True)
+    if outcome.record.error is not None:
+        click.echo(f"asl-capture: {outcome.record.error} (recorded as seq {outcome.seq}, "
+                   f"status {outcome.record.status})", err=True)
     sys.exit(outcome.exit_code)
 
 

@@ -1,49 +1,42 @@
 #!/usr/bin/env python3
-"""Write /asl/build-manifest.cbor: deterministic CBOR with the digests of what went into the image.
+"""Write /asl/build-manifest.cbor: the :class:`asl_capture.format.BuildManifest` of the image.
 
-Contents (text keys, RFC 8949 deterministic encoding via :mod:`asl_capture.dcbor`)::
-
-    {"v": 1, "name": str, "version": str, "source_date_epoch": int, "kernel": str,
-     "sources": [[kind, path-in-archive, sha256 bytes], ...]   # sorted; mirror host stripped
-     "sources_digest": sha256 of the dcbor encoding of "sources",
-     "overlay": {"manifest": sha256 of the overlay tree manifest, "paths": int},
-     "system": {"manifest": sha256 of the system tree manifest, "paths": int, "files": int},
-     "files": {"live/vmlinuz": sha256, ...}}
-
-No timestamps, build paths, host names or random ids: two reproducible builds give the same bytes.
-Tree manifests are those of :func:`asl_capture.manifest.snapshot` with the tree itself as base, so
-``asl-verify`` can recompute them from the record's output snapshots.
+Its layout is docs/FORMAT.md section 10: the pinned sources (mirror host stripped, sorted), the
+overlay and system trees (the digests of their tree manifests, each taken by
+:func:`asl_capture.manifest.snapshot` with the tree itself as base) and the boot files' digests. No
+timestamps, build paths, host names or random ids: two reproducible builds give the same bytes.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import re
 import sys
 from pathlib import Path
 
-from asl_capture import dcbor
+from asl_capture.context import read_sources
 from asl_capture.errors import AslError
+from asl_capture.format import BuildManifest, BuildSource, SystemTree, TreeDigest
 from asl_capture.hashing import sha256_path
 from asl_capture.manifest import snapshot
 
 _ARCHIVE_PATH = re.compile(r"/((?:dists|pool)/.*)$")
 
 
-def sources_list(path: Path) -> list[dcbor.Value]:
-    """``[kind, archive path, digest]`` rows from a sources JSON Lines file, sorted, mirror-independent."""
-    rows: list[tuple[str, str, bytes]] = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        obj = json.loads(line)
-        m = _ARCHIVE_PATH.search(obj["uri"])
+def build_sources(path: Path) -> tuple[BuildSource, ...]:
+    """The sources of a step's sources file as ``[kind, archive path, digest]``, sorted, mirror-independent.
+
+    Raises:
+        CaptureError: the file is unreadable or malformed.
+        ValueError: a URI has no ``dists/`` or ``pool/`` part.
+    """
+    rows: set[BuildSource] = set()
+    for source in read_sources(path):
+        m = _ARCHIVE_PATH.search(source.uri)
         if m is None:
-            raise ValueError(f"{path}:{n}: uri has no dists/ or pool/ part: {obj['uri']}")
-        rows.append((obj["kind"], m.group(1), bytes.fromhex(obj["sha256"])))
-    return [list(r) for r in sorted(set(rows))]
+            raise ValueError(f"{path}: uri has no dists/ or pool/ part: {source.uri}")
+        rows.add(BuildSource(kind=source.kind, path=m.group(1), sha256=source.sha256))
+    return tuple(sorted(rows))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,31 +53,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     try:
-        sources = sources_list(a.sources)
         overlay = snapshot([a.overlay], base=a.overlay)
         system = snapshot([a.system], base=a.system)
-        files: dict[str, dcbor.Value] = {}
-        for spec in a.file:
-            name, _, path = spec.partition("=")
-            files[name] = sha256_path(Path(path))
-        doc: dict[str, dcbor.Value] = {
-            "v": 1,
-            "name": a.name,
-            "version": a.version,
-            "source_date_epoch": a.epoch,
-            "kernel": a.kernel,
-            "sources": sources,
-            "sources_digest": hashlib.sha256(dcbor.encode(sources)).digest(),
-            "overlay": {"manifest": overlay.digest, "paths": len(overlay.entries)},
-            "system": {"manifest": system.digest, "paths": len(system.entries), "files": system.files},
-            "files": files,
-        }
+        doc = BuildManifest(
+            name=a.name, version=a.version, source_date_epoch=a.epoch, kernel=a.kernel,
+            sources=build_sources(a.sources),
+            overlay=TreeDigest(manifest=overlay.digest, paths=len(overlay.entries)),
+            system=SystemTree(manifest=system.digest, paths=len(system.entries), files=system.files),
+            files={name: sha256_path(Path(path)) for name, _, path in (f.partition("=") for f in a.file)},
+        )
         a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_bytes(dcbor.encode(doc))
-    except (OSError, ValueError, KeyError, AslError) as exc:
+        a.out.write_bytes(doc.to_cbor())
+    except (OSError, ValueError, AslError) as exc:
         sys.stderr.write(f"buildmanifest: error: {exc}\n")
         return 2
-    sys.stderr.write(f"buildmanifest: {len(sources)} sources, system {len(system.entries)} paths -> {a.out}\n")
+    sys.stderr.write(f"buildmanifest: {len(doc.sources)} sources, system {doc.system.paths} paths -> {a.out}\n")
     return 0
 
 

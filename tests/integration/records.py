@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 from asl_capture import chain, cose, dcbor
+from asl_capture.format import StepRecord
 from asl_capture.keys import load_public
-from asl_capture.record import StepRecord
 
 ONE_LINE_ERROR = re.compile(rb"\A[A-Z][A-Za-z]*Error: [^\n]+\n\Z")
 

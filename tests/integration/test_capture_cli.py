@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from asl_capture import dcbor
+from asl_capture.format import Changes, Log, Manifest, Source
 from asl_capture.keys import generate
-from asl_capture.manifest import Manifest
 from tests.conftest import KeyPair, cli
 from tests.integration.records import assert_one_line_error, object_bytes, read_records
 
@@ -47,7 +46,7 @@ def test_failing_command_exits_with_its_code_and_leaves_signed_failed_record(
     [record] = read_records(prov_of(cli_env), keypair.pub)
     assert record.status == "failed"
     assert record.exit == 7
-    assert record.body["argv"] == ["sh", "-c", "exit 7"]
+    assert record.argv == ("sh", "-c", "exit 7")
     assert record.step == "sh"
     assert record.seq == 0 and record.prev is None and record.parent is None
     verify = cli("asl-verify", "chain", prov_of(cli_env), "--trust", keypair.pub, env=cli_env)
@@ -71,9 +70,9 @@ def test_source_date_epoch_is_recorded(cli_env: dict[str, str], keypair: KeyPair
     cli_env.pop("SOURCE_DATE_EPOCH", None)
     assert cli("asl-capture", "--", "true", env=cli_env, cwd=work).returncode == 0
     with_sde, without = read_records(prov_of(cli_env), keypair.pub)
-    assert with_sde.body["source_date_epoch"] == 1700000000
-    assert with_sde.body["env"]["SOURCE_DATE_EPOCH"] == "1700000000"  # type: ignore[index,call-overload]
-    assert "source_date_epoch" not in without.body
+    assert with_sde.source_date_epoch == 1700000000
+    assert with_sde.env["SOURCE_DATE_EPOCH"] == "1700000000"
+    assert without.source_date_epoch is None
 
 
 # --- signals --------------------------------------------------------------------------------------------
@@ -131,7 +130,7 @@ def test_signal_is_forwarded_child_ends_and_record_is_interrupted(
     [record] = read_records(prov_of(cli_env), keypair.pub)
     assert record.status == "interrupted"
     assert record.exit == -int(sig)
-    assert record.body["signals"] == [int(sig)]
+    assert record.signals == (int(sig),)
     assert record.finished - record.started < 10 * 10**9
 
 
@@ -161,7 +160,7 @@ def test_signal_while_the_record_is_being_written_does_not_lose_it(
     assert proc.returncode != 0
     [record] = read_records(prov_of(cli_env), keypair.pub)
     assert record.status in ("ok", "interrupted")
-    assert record.body["outputs"]["created"] == 1  # type: ignore[index,call-overload]
+    assert record.outputs.created == 1
     verify = cli("asl-verify", "chain", prov_of(cli_env), "--trust", keypair.pub, env=cli_env)
     assert verify.returncode == (0 if record.status == "ok" else 1)
 
@@ -180,9 +179,9 @@ def test_20mb_binary_stdout_passes_through_byte_identical(
     assert result.stderr == b""
     [record] = read_records(prov_of(cli_env), keypair.pub)
     digest = hashlib.sha256(data).digest()
-    assert record.body["stdout"] == {"digest": digest, "size": len(data)}
+    assert record.stdout == Log(digest=digest, size=len(data))
     assert object_bytes(prov_of(cli_env), digest) == data
-    assert record.body["stderr"] == {"digest": hashlib.sha256(b"").digest(), "size": 0}
+    assert record.stderr == Log(digest=hashlib.sha256(b"").digest(), size=0)
 
 
 def test_stderr_and_non_utf8_bytes_are_kept_separate_and_exact(
@@ -200,7 +199,7 @@ def test_stderr_and_non_utf8_bytes_are_kept_separate_and_exact(
     prov = prov_of(cli_env)
     for name, data in (("stdout", out_bytes), ("stderr", err_bytes)):
         digest = hashlib.sha256(data).digest()
-        assert record.body[name] == {"digest": digest, "size": len(data)}
+        assert getattr(record, name) == Log(digest=digest, size=len(data))
         assert object_bytes(prov, digest) == data
 
 
@@ -240,7 +239,7 @@ def test_32_concurrent_captures_on_one_chain(
     assert len({r.chain for r in records}) == 1
     for record in records:
         n = int(record.step[1:])
-        assert record.body["stdout"]["digest"] == hashlib.sha256(f"{n}\n".encode()).digest()  # type: ignore[index,call-overload]
+        assert record.stdout.digest == hashlib.sha256(f"{n}\n".encode()).digest()
     verify = cli("asl-verify", "chain", prov_of(cli_env), "--trust", keypair.pub, env=cli_env)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert b"VERIFIED: 32 records" in verify.stdout
@@ -315,10 +314,10 @@ def test_secret_env_value_appears_nowhere_under_provenance(
     assert _files_containing(prov, needle) == []
     assert _files_containing(prov, needle.hex().encode()) == []
     # the canary really reached the child, and the masked places are recorded as masked
-    assert records[0].body["env"]["FOO_TOKEN"] is None  # type: ignore[index,call-overload]
-    assert "FOO_TOKEN" in records[0].body["env"]  # type: ignore[operator]
-    assert records[1].body["argv"] == ["true", "<redacted>", "--flag=<redacted>"]
-    path_value = records[0].body["env"]["PATH"]  # type: ignore[index,call-overload]
+    assert records[0].env["FOO_TOKEN"] is None
+    assert "FOO_TOKEN" in records[0].env
+    assert records[1].argv == ("true", "<redacted>", "--flag=<redacted>")
+    path_value = records[0].env["PATH"]
     assert isinstance(path_value, str) and path_value.endswith("/opt/<redacted>")
     # sanity: the grep does find things that are there
     assert _files_containing(prov, b"--flag=<redacted>")
@@ -436,7 +435,7 @@ def test_unstartable_command_exits_127_with_failed_record(
     assert len(records) == 3
     for record in records:
         assert (record.status, record.exit) == ("failed", 127)
-        assert "cannot start" in str(record.body["error"])
+        assert "cannot start" in str(record.error)
     verify = cli("asl-verify", "chain", prov_of(cli_env), "--trust", keypair.pub, env=cli_env)
     assert verify.returncode == 1
 
@@ -462,29 +461,20 @@ def test_inputs_and_output_changes_are_recorded(cli_env: dict[str, str], keypair
     assert result.returncode == 0, result.stderr
     prov = prov_of(cli_env)
     [record] = read_records(prov, keypair.pub)
-    outputs = record.body["outputs"]
-    assert isinstance(outputs, dict)
-    assert (outputs["created"], outputs["modified"], outputs["deleted"]) == (3, 1, 1)
-    assert isinstance(outputs["changes"], bytes)
-    changes = dcbor.decode(object_bytes(prov, outputs["changes"]))
-    assert isinstance(changes, dict)
-    created, modified, deleted = changes["created"], changes["modified"], changes["deleted"]
-    assert isinstance(created, list) and isinstance(modified, list)
-    assert sorted(str(e[0]) for e in created) == ["out/new.txt", "out/sub", "out/sub/new.txt"]  # type: ignore[index]
-    assert {str(e[0]): e[1] for e in created} == {  # type: ignore[index]
-        "out/new.txt": "f", "out/sub": "d", "out/sub/new.txt": "f"}
-    assert [e[0] for e in modified] == ["out/mod.txt"]  # type: ignore[index]
-    assert modified[0][4] == hashlib.sha256(b"old\nchanged\n").digest()  # type: ignore[index]
-    assert deleted == ["out/del.txt"]
-    after = Manifest.from_cbor(object_bytes(prov, outputs["manifest"]))  # type: ignore[arg-type]
+    outputs = record.outputs
+    assert (outputs.created, outputs.modified, outputs.deleted) == (3, 1, 1)
+    changes = Changes.from_cbor(object_bytes(prov, outputs.changes))
+    assert {e.path: e.kind for e in changes.created} == {b"out/new.txt": "f", b"out/sub": "d", b"out/sub/new.txt": "f"}
+    assert [e.path for e in changes.modified] == [b"out/mod.txt"]
+    assert changes.modified[0].extra == hashlib.sha256(b"old\nchanged\n").digest()
+    assert changes.deleted == (b"out/del.txt",)
+    after = Manifest.from_cbor(object_bytes(prov, outputs.manifest))
     assert {e.path for e in after.entries if e.kind == "f"} == {
         b"out/keep.txt", b"out/mod.txt", b"out/new.txt", b"out/sub/new.txt"}
-    before = Manifest.from_cbor(object_bytes(prov, outputs["before"]))  # type: ignore[arg-type]
+    before = Manifest.from_cbor(object_bytes(prov, outputs.before))
     assert b"out/del.txt" in before.by_path()
 
-    section = record.body["inputs"]
-    assert isinstance(section, dict) and isinstance(section["manifest"], bytes)
-    manifest = Manifest.from_cbor(object_bytes(prov, section["manifest"]))
+    manifest = Manifest.from_cbor(object_bytes(prov, record.inputs.manifest))
     files = {e.path.decode(): e for e in manifest.entries if e.kind == "f"}
     assert set(files) == set(inputs)
     for rel, data in inputs.items():
@@ -493,7 +483,7 @@ def test_inputs_and_output_changes_are_recorded(cli_env: dict[str, str], keypair
         assert files[rel].mode & 0o777 == stat.S_IMODE((work / rel).stat().st_mode)
     link = manifest.by_path()[b"src/link"]
     assert (link.kind, link.extra) == ("l", b"a.txt")
-    assert section["files"] == 3
+    assert record.inputs.files == 3
 
 
 # --- the development key --------------------------------------------------------------------------------
@@ -533,13 +523,9 @@ def test_project_config_sets_provenance_and_excludes_but_env_wins(
     records = read_records(project / "out" / "prov", keypair.pub)
     assert len(records) == 1
     prov = project / "out" / "prov"
-    outputs = records[0].body["outputs"]
-    inputs = records[0].body["inputs"]
-    assert isinstance(outputs, dict) and isinstance(inputs, dict)
-    changes = dcbor.decode(object_bytes(prov, outputs["changes"]))  # type: ignore[arg-type]
-    assert isinstance(changes, dict)
-    assert [e[0] for e in changes["created"]] == ["made"]  # type: ignore[index,union-attr]
-    manifest = Manifest.from_cbor(object_bytes(prov, inputs["manifest"]))  # type: ignore[arg-type]
+    changes = Changes.from_cbor(object_bytes(prov, records[0].outputs.changes))
+    assert [e.path for e in changes.created] == [b"made"]
+    manifest = Manifest.from_cbor(object_bytes(prov, records[0].inputs.manifest))
     assert manifest.entries and not any(e.path.startswith(b"scratch") for e in manifest.entries)
     # $ASL_CAPTURE_DIR beats the project's value
     assert cli("asl-capture", "--", "true", env=cli_env, cwd=project).returncode == 0
@@ -558,8 +544,7 @@ def test_sources_written_by_the_step_are_recorded(cli_env: dict[str, str], keypa
     assert result.returncode == 0, result.stderr
     [record] = read_records(prov_of(cli_env), keypair.pub)
     assert record.status == "ok"
-    assert record.body["sources"] == [{"uri": "http://deb.example/x.deb", "sha256": bytes.fromhex(digest),
-                                       "kind": "deb"}]
+    assert record.sources == (Source(uri="http://deb.example/x.deb", sha256=bytes.fromhex(digest), kind="deb"),)
 
 
 @pytest.mark.parametrize(("script", "error"), [
@@ -573,5 +558,5 @@ def test_bad_or_missing_sources_fail_the_step_but_keep_its_record(
     assert b"Traceback" not in result.stderr
     [record] = read_records(prov_of(cli_env), keypair.pub)
     assert record.status == "failed" and record.exit == 0
-    assert error in str(record.body["error"])
-    assert "sources" not in record.body
+    assert error in str(record.error)
+    assert record.sources is None

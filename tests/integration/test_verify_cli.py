@@ -286,8 +286,7 @@ def test_swapped_object_fails(built: Chain, copy: Path) -> None:
 
 def test_truncated_object_fails(built: Chain, copy: Path) -> None:
     records = read_records(copy, built.key.pub)
-    digest = records[2].body["stderr"]["digest"]  # type: ignore[index,call-overload]
-    assert isinstance(digest, bytes)
+    digest = records[2].stderr.digest
     path = copy / "objects" / "sha256" / digest.hex()[:2] / digest.hex()[2:]
     assert path.read_bytes() == b"two\n"
     path.chmod(0o644)

@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 from asl_capture import chain, cose, dcbor
 from asl_capture.chain import Head, Item
 from asl_capture.errors import AslError, ChainError, TornTailError, TruncatedCbor
+from asl_capture.format import StepRecord
 from asl_capture.keys import Signer, generate, load_public, load_signer
-from asl_capture.record import StepRecord
 from asl_capture.store import ProvenanceDir
 from tests.conftest import KeyPair
-from tests.unit.bodies import builder, full_body, minimal_body
+from tests.unit.bodies import builder, full_record
 
 TAGS = frozenset({cose.COSE_SIGN1_TAG})
 
@@ -82,15 +82,11 @@ def test_append_three_records(prov: ProvenanceDir, signer: Signer, keypair: KeyP
         msg = cose.parse(dcbor.decode(item.raw, tags=TAGS))
         assert msg.kid == keypair.kid
         assert cose.verify(msg, public) == record.to_cbor()
-        assert StepRecord.from_cbor(msg.payload).body == record.body
+        assert StepRecord.from_cbor(msg.payload) == record
 
 
 def test_build_cannot_override_chain_fields(prov: ProvenanceDir, signer: Signer) -> None:
-    def build(_head: Head) -> dict[str, dcbor.Value]:
-        body = minimal_body()
-        body.update({"chain": b"X" * 16, "seq": 99, "prev": b"P" * 32})
-        return body
-
+    build = builder(chain=b"X" * 16, seq=99, prev=b"P" * 32)
     record, _ = chain.append(prov, signer, build, new_chain_id=Ids())
     assert (record.chain, record.seq, record.prev) == (b"\x01" * 16, 0, None)
 
@@ -99,13 +95,8 @@ def test_invalid_body_writes_nothing(prov: ProvenanceDir, signer: Signer) -> Non
     append_n(prov, signer, 1)
     before = prov.chain.read_bytes()
 
-    def build(_head: Head) -> dict[str, dcbor.Value]:
-        body = minimal_body()
-        body["status"] = "weird"
-        return body
-
     with pytest.raises(AslError):
-        chain.append(prov, signer, build, new_chain_id=Ids())
+        chain.append(prov, signer, builder(argv=("ok", 1)), new_chain_id=Ids())
     assert prov.chain.read_bytes() == before
 
 
@@ -161,8 +152,7 @@ def test_writer_that_bypassed_the_head_cache(prov: ProvenanceDir, signer: Signer
     (_, first), = append_n(prov, signer, 1)
     cached = prov.head.read_bytes()
     foreign_signer = load_signer(other_keypair.key)
-    body = full_body(seq=1, prev=first.digest, chain=b"\x01" * 16)
-    raw = cose.sign(dcbor.encode(body), foreign_signer.private_key)
+    raw = cose.sign(full_record(seq=1, prev=first.digest, chain=b"\x01" * 16).to_cbor(), foreign_signer.private_key)
     fd = os.open(prov.chain, os.O_WRONLY | os.O_APPEND)
     try:
         os.write(fd, raw)

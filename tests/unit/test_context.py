@@ -9,6 +9,7 @@ import pytest
 
 from asl_capture.context import read_sources
 from asl_capture.errors import CaptureError
+from asl_capture.format import Source
 
 SHA = hashlib.sha256(b"pkg").hexdigest()
 
@@ -17,10 +18,10 @@ def test_sources_parse_with_digests_as_bytes_and_blank_lines_ignored(tmp_path: P
     f = tmp_path / "sources.jsonl"
     f.write_text(f'{{"uri": "http://deb/x.deb", "sha256": "{SHA}", "kind": "deb", "via": "idx", "size": 3}}\n'
                  f'\n   \n{{"uri": "file:///y", "sha256": "{SHA}", "kind": "file", "name": "y", "version": "1"}}\n')
-    assert read_sources(f) == [
-        {"uri": "http://deb/x.deb", "sha256": bytes.fromhex(SHA), "kind": "deb", "via": "idx", "size": 3},
-        {"uri": "file:///y", "sha256": bytes.fromhex(SHA), "kind": "file", "name": "y", "version": "1"},
-    ]
+    assert read_sources(f) == (
+        Source(uri="http://deb/x.deb", sha256=bytes.fromhex(SHA), kind="deb", via="idx", size=3),
+        Source(uri="file:///y", sha256=bytes.fromhex(SHA), kind="file", name="y", version="1"),
+    )
 
 
 @pytest.mark.parametrize(("line", "message"), [

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from asl_capture import cose, dcbor
 from asl_capture.dcbor import Tag
 from asl_capture.errors import CborError, VerificationError
+from asl_capture.format import CHECKPOINT_CONTENT_TYPE, STEP_CONTENT_TYPE
 from asl_capture.keys import load_public, load_signer
 from tests.conftest import KeyPair
 
@@ -71,8 +72,8 @@ def test_protected_header_by_hand() -> None:
     assert len(CTYPE) == 29
     assert cose.protected_header(KID) == expected
     assert cbor2.dumps({1: -8, 3: CTYPE.decode(), 4: KID}, canonical=True) == expected
-    release = cose.protected_header(KID, cose.RELEASE_CONTENT_TYPE)
-    assert cbor2.loads(release) == {1: -8, 3: "application/vnd.asl.release+cbor", 4: KID}
+    checkpoint = cose.protected_header(KID, CHECKPOINT_CONTENT_TYPE)
+    assert cbor2.loads(checkpoint) == {1: -8, 3: "application/vnd.asl.checkpoint+cbor", 4: KID}
 
 
 def test_sig_structure_by_hand() -> None:
@@ -115,7 +116,7 @@ def test_pinned_message_layout_and_signature_by_hand() -> None:
 def test_parse_and_verify_pinned_message() -> None:
     msg = parse_bytes(PINNED)
     assert msg.kid == KID
-    assert msg.content_type == cose.STEP_CONTENT_TYPE
+    assert msg.content_type == STEP_CONTENT_TYPE
     assert msg.payload == PAYLOAD
     assert msg.protected == PINNED[4:74]
     assert len(msg.signature) == 64

@@ -16,8 +16,9 @@ import pytest
 
 from asl_capture import hashing, scan, statcache
 from asl_capture.errors import SnapshotError
+from asl_capture.format import Manifest
 from asl_capture.hashing import Hasher
-from asl_capture.manifest import Excluder, Manifest, snapshot
+from asl_capture.manifest import Excluder, snapshot
 from asl_capture.statcache import StatCache
 from tests.conftest import run_without_dac
 

@@ -1,0 +1,36 @@
+"""The record format in code, in one place: every document of docs/FORMAT.md as a frozen, typed dataclass.
+
+Each type has ``to_value`` (the CBOR data-model value; ``dcbor.encode`` gives its one encoding) and
+a strict ``from_value`` (and ``from_cbor`` for whole documents) that checks every field against the
+CDDL and raises :class:`~asl_capture.errors.FormatError` naming the offending field, e.g.
+``argv[0]: expected text or bytes, found uint``. Versions and COSE content types are defined once,
+in :mod:`asl_capture.format.constants`.
+
+- :mod:`.record`: :class:`StepRecord` and its parts (:class:`Inputs`, :class:`Outputs`, :class:`Log`,
+  :class:`Host`, :class:`Vcs`, :class:`Source`): section 5.
+- :mod:`.checkpoint`: :class:`Checkpoint`, the payload of ``checkpoint.cose``: section 4.1.
+- :mod:`.tree`: :class:`Manifest`, :class:`Entry`, :class:`Changes` and :func:`diff`: section 6.
+- :mod:`.build`: :class:`BuildManifest`, ``/asl/build-manifest.cbor`` in the ISO: section 10.
+"""
+
+from __future__ import annotations
+
+from asl_capture.format.build import BuildManifest, BuildSource, SystemTree, TreeDigest
+from asl_capture.format.checkpoint import Checkpoint
+from asl_capture.format.constants import (
+    BUILD_MANIFEST_VERSION,
+    CHECKPOINT_CONTENT_TYPE,
+    CHECKPOINT_VERSION,
+    MANIFEST_VERSION,
+    RECORD_VERSION,
+    STEP_CONTENT_TYPE,
+)
+from asl_capture.format.record import STATUSES, Host, Inputs, Log, Outputs, Source, StepRecord, Vcs
+from asl_capture.format.tree import KINDS, Changes, Entry, Manifest, diff
+
+__all__ = [
+    "BUILD_MANIFEST_VERSION", "CHECKPOINT_CONTENT_TYPE", "CHECKPOINT_VERSION", "KINDS", "MANIFEST_VERSION",
+    "RECORD_VERSION", "STATUSES", "STEP_CONTENT_TYPE", "BuildManifest", "BuildSource", "Changes", "Checkpoint",
+    "Entry", "Host", "Inputs", "Log", "Manifest", "Outputs", "Source", "StepRecord", "SystemTree", "TreeDigest",
+    "Vcs", "diff",
+]

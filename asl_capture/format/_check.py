@@ -1,0 +1,189 @@
+"""Strict field checks for the ``from_value`` parsers of this package.
+
+Each function takes a decoded CBOR value and ``where``, the field's path in the document
+(``argv[0]``, ``inputs.entries``), and returns the value with its Python type or raises
+:class:`~asl_capture.errors.FormatError` naming that path, e.g. ``argv[0]: expected text or bytes,
+found uint``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from asl_capture.dcbor import Tag, Value
+from asl_capture.errors import FormatError
+
+DIGEST_SIZE = 32
+_U64 = 1 << 64
+
+
+def at(where: str, name: str) -> str:
+    """The path of field ``name`` inside the map at ``where``."""
+    return f"{where}.{name}" if where else name
+
+
+def index(where: str, number: int) -> str:
+    """The path of item ``number`` of the array at ``where``."""
+    return f"{where}[{number}]"
+
+
+def kind(value: Value) -> str:
+    """The CBOR type of a decoded value, as error messages name it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "uint" if value >= 0 else "negative int"
+    if isinstance(value, bytes):
+        return "bytes"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "map"
+    if isinstance(value, Tag):
+        return f"tag {value.tag}"
+    return type(value).__name__
+
+
+def _wrong(value: Value, where: str, expected: str) -> FormatError:
+    return FormatError(where, f"expected {expected}, found {kind(value)}")
+
+
+def fields(value: Value, where: str, required: Collection[str], optional: Collection[str] = ()) -> dict[str, Value]:
+    """``value`` as a map holding every ``required`` field, and no field outside ``required | optional``."""
+    body = mapping(value, where)
+    for name in required:
+        if name not in body:
+            raise FormatError(at(where, name), "missing")
+    for name in body:
+        if name not in required and name not in optional:
+            raise FormatError(at(where, name), "unknown field")
+    return body
+
+
+def mapping(value: Value, where: str) -> dict[str, Value]:
+    """A map (its keys are text: the decoder admits no other)."""
+    if not isinstance(value, dict):
+        raise _wrong(value, where, "a map")
+    return value
+
+
+def version(value: Value, where: str, expected: int) -> int:
+    """The ``v`` field: exactly ``expected``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value != expected:
+        shown = value if isinstance(value, int) and not isinstance(value, bool) else kind(value)
+        raise FormatError(where, f"version {shown} is not {expected}")
+    return value
+
+
+def integer(value: Value, where: str) -> int:
+    """A CBOR integer (``int``), negative or not."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _wrong(value, where, "int")
+    return value
+
+
+def uint(value: Value, where: str) -> int:
+    """A CBOR unsigned integer (``uint``)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < _U64:
+        raise _wrong(value, where, "uint")
+    return value
+
+
+def null(value: Value, where: str) -> None:
+    """``null``."""
+    if value is not None:
+        raise _wrong(value, where, "null")
+
+
+def boolean(value: Value, where: str) -> bool:
+    """``true`` or ``false``."""
+    if not isinstance(value, bool):
+        raise _wrong(value, where, "bool")
+    return value
+
+
+def text(value: Value, where: str) -> str:
+    """A text string."""
+    if not isinstance(value, str):
+        raise _wrong(value, where, "text")
+    return value
+
+
+def bstr(value: Value, where: str, size: int | None = None) -> bytes:
+    """A byte string, of exactly ``size`` bytes when given."""
+    if not isinstance(value, bytes):
+        raise _wrong(value, where, "bytes" if size is None else f"{size} bytes")
+    if size is not None and len(value) != size:
+        raise FormatError(where, f"expected {size} bytes, found {len(value)}")
+    return value
+
+
+def digest(value: Value, where: str) -> bytes:
+    """A SHA-256 digest: 32 bytes."""
+    return bstr(value, where, DIGEST_SIZE)
+
+
+def text_or_bytes(value: Value, where: str) -> str | bytes:
+    """``tstr / bstr``, where a byte string is used only for bytes that are not valid UTF-8.
+
+    The writer records valid UTF-8 as text, so a byte string that decodes would be a second
+    encoding of the same value: it is refused.
+    """
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, bytes):
+        raise _wrong(value, where, "text or bytes")
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value
+    raise FormatError(where, "bytes that are valid UTF-8 must be recorded as text")
+
+
+def one_of(value: Value, where: str, choices: Collection[str]) -> str:
+    """A text string among ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        shown = repr(value) if isinstance(value, str) else kind(value)
+        raise FormatError(where, f"{shown} is not one of {', '.join(choices)}")
+    return value
+
+
+def array(value: Value, where: str) -> list[Value]:
+    """An array."""
+    if not isinstance(value, list):
+        raise _wrong(value, where, "an array")
+    return value
+
+
+def optional_text(body: dict[str, Value], name: str, where: str) -> str | None:
+    """An optional text field of ``body``: its value, or None when absent."""
+    return text(body[name], at(where, name)) if name in body else None
+
+
+def optional_uint(body: dict[str, Value], name: str, where: str) -> int | None:
+    """An optional uint field of ``body``: its value, or None when absent."""
+    return uint(body[name], at(where, name)) if name in body else None
+
+
+def put(out: dict[str, Value], name: str, value: Value) -> None:
+    """Set an optional field in a ``to_value`` result: absent when ``value`` is None."""
+    if value is not None:
+        out[name] = value
+
+
+def as_text_or_bytes(raw: bytes) -> str | bytes:
+    """Raw bytes as recorded: text when valid UTF-8, else bytes (the inverse of the check above)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
+def raw_path(value: Value, where: str) -> bytes:
+    """A recorded path (``tstr / bstr``) as raw bytes."""
+    checked = text_or_bytes(value, where)
+    return checked.encode("utf-8") if isinstance(checked, str) else checked
