@@ -128,8 +128,8 @@ def verify_chain(
     objects = _Objects(ObjectStore(prov))
     for index, record in enumerate(records):
         objects.check_record(index, record)
-    emit(5, "objects", f"{len(objects.checked)} referenced objects present and matching their digests; "
-                       f"manifests and change lists well-formed and matching the records' counts")
+    emit(5, "objects", f"{len(objects.checked)} referenced objects present, matching their digests, "
+                       f"manifests and change lists well-formed")
 
     tree = _status(records)
     emit(6, "status", f"{len(records)} steps ok, {len(tree)} top-level session(s) finished")

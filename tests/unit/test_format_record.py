@@ -16,7 +16,7 @@ from asl_capture.errors import CborError, FormatError
 from asl_capture.format import RECORD_VERSION, STATUSES, Host, Source, StepRecord, Vcs
 from tests.unit.bodies import digest, full_body, full_record
 
-Path = tuple[str | int, ...]
+FieldPath = tuple[str | int, ...]
 
 
 def parse(body: dcbor.Value) -> StepRecord:
@@ -72,25 +72,25 @@ def test_required_fields_match_the_contract() -> None:
     assert full_body()["v"] == RECORD_VERSION == 1
 
 
-def at(body: dcbor.Value, path: Path) -> dcbor.Value:
+def at(body: dcbor.Value, path: FieldPath) -> dcbor.Value:
     for part in path:
         body = body[part]  # type: ignore[index]
     return body
 
 
-def mutate(path: Path, value: dcbor.Value) -> dict[str, dcbor.Value]:
+def mutate(path: FieldPath, value: dcbor.Value) -> dict[str, dcbor.Value]:
     body = copy.deepcopy(optional_body())
     at(body, path[:-1])[path[-1]] = value  # type: ignore[index]
     return body
 
 
-def drop(path: Path) -> dict[str, dcbor.Value]:
+def drop(path: FieldPath) -> dict[str, dcbor.Value]:
     body = copy.deepcopy(optional_body())
     del at(body, path[:-1])[path[-1]]  # type: ignore[union-attr,arg-type]
     return body
 
 
-def name(path: Path) -> str:
+def name(path: FieldPath) -> str:
     out = ""
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
@@ -106,7 +106,7 @@ def name(path: Path) -> str:
     ("vcs", "type"), ("vcs", "commit"), ("vcs", "tree"), ("vcs", "dirty"),
     ("sources", 0, "uri"), ("sources", 0, "sha256"), ("sources", 0, "kind"),
 ], ids=name)
-def test_missing_field_named(path: Path) -> None:
+def test_missing_field_named(path: FieldPath) -> None:
     with pytest.raises(FormatError) as info:
         parse(drop(path))
     assert str(info.value) == f"{name(path)}: missing"
@@ -116,14 +116,14 @@ def test_missing_field_named(path: Path) -> None:
 @pytest.mark.parametrize("path", [("extra",), ("Seq",), ("",), ("inputs", "digest"), ("outputs", "x"),
                                   ("stdout", "bytes"), ("host", "user"), ("vcs", "branch"),
                                   ("sources", 0, "url")], ids=name)
-def test_unknown_field_named(path: Path) -> None:
+def test_unknown_field_named(path: FieldPath) -> None:
     with pytest.raises(FormatError, match="unknown field") as info:
         parse(mutate(path, 1))
     assert info.value.field == name(path)
 
 
 #: (field, bad value): every field of section 5 in a shape the CDDL forbids.
-WRONG: list[tuple[Path, dcbor.Value]] = [
+WRONG: list[tuple[FieldPath, dcbor.Value]] = [
     (("v",), 2), (("v",), 0), (("v",), True), (("v",), "1"), (("v",), None),
     (("chain",), "C" * 16), (("chain",), b"C" * 15), (("chain",), b"C" * 17), (("chain",), None),
     (("seq",), -1), (("seq",), True), (("seq",), "0"), (("seq",), None), (("seq",), b"\x00"),
@@ -164,7 +164,7 @@ WRONG: list[tuple[Path, dcbor.Value]] = [
 
 
 @pytest.mark.parametrize(("path", "value"), WRONG, ids=[f"{name(p)}={v!r}" for p, v in WRONG])
-def test_wrong_field_refused_and_named(path: Path, value: dcbor.Value) -> None:
+def test_wrong_field_refused_and_named(path: FieldPath, value: dcbor.Value) -> None:
     with pytest.raises(FormatError) as info:
         parse(mutate(path, value))
     assert info.value.field == name(path)
