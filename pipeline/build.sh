@@ -58,7 +58,7 @@ for step in $STEPS; do
                 -o "$W/rootfs" -o "$W/rootfs-meta" --sources "$W/rootfs-meta/sources.jsonl" ;;
         overlay)
             run_step overlay -i pipeline/steps/overlay.sh -i pipeline/tools/overlay.py \
-                -i "$IMG_PATHS_OVERLAY" -i "$IMG_PYTHON_PACKAGE" -i "$W/rootfs" -i "$ASL_IMAGE_CONFIG" \
+                -i "$IMG_PATHS_OVERLAY" -i "$IMG_PYTHON_PACKAGE" -i "$IMG_PYTHON_SHARED" -i "$W/rootfs" -i "$ASL_IMAGE_CONFIG" \
                 --exclude '__pycache__' --exclude '*.pyc' \
                 -o "$W/isoroot" -o "$W/overlay-staged" ;;
         bootloader)

@@ -5,12 +5,13 @@
 #   2. mount the writable data disk (label, default ASL-DATA, or storage.device) at /var/lib/asl
 #   3./4./5. asl-auth-host: open or initialise the domain stores, enforce the DAM (policy.hash and
 #      the data disk's witness), start, log to /var/log/asl-auth-host.log, print READY on the console.
-# Kernel command line: asl.test=1 (or a file .asl-test-mode on the data disk) prints ASL-CHECK lines
-# and powers off after READY; asl.rescue=1 skips storage and service and opens asl-rescue.
+# Kernel command line: asl.test=1 (or the test-mode marker file on the data disk) prints ASL-CHECK
+# lines and powers off after READY; asl.rescue=1 skips storage and service and opens asl-rescue.
+# Paths and settings come from the host package (`python3 -m asl_host.config --shell`, asl_host.paths);
+# none is repeated here. ASL_CONFIG in the environment overrides the configuration file.
 set -u
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
-CONFIG=${ASL_CONFIG:-/etc/asl-auth-host/config.yaml}
 BB=busybox
 say() { echo "asl-init: $*"; }
 check() { echo "ASL-CHECK $*"; }
@@ -25,7 +26,7 @@ finish() {  # $1: exit status when not PID 1
     fi
     is_pid1 || exit "$1"
     say "starting asl-rescue on the console"
-    while :; do $BB setsid $BB cttyhack /bin/asl-rescue; sleep 1; done
+    while :; do $BB setsid $BB cttyhack "${ASL_RESCUE_BIN:-asl-rescue}"; sleep 1; done
 }
 
 # 0. kernel file systems (the initramfs moved /dev here)
@@ -39,8 +40,8 @@ case " $CMDLINE " in *" asl.test=1 "*) TEST_MODE=1 ;; esac
 case " $CMDLINE " in *" asl.rescue=1 "*) RESCUE=1 ;; esac
 say "ASL authority host boot workflow ($(cat /etc/hostname 2>/dev/null), kernel $(uname -r))"
 
-if ! cfg=$(python3 -m asl_capture.host.config --shell "$CONFIG"); then
-    say "FATAL: $CONFIG is invalid (see above); asl-auth-host not started"
+if ! cfg=$(python3 -m asl_host.config --shell ${ASL_CONFIG:+"$ASL_CONFIG"}); then
+    say "FATAL: the host configuration is invalid (see above); asl-auth-host not started"
     finish 2
 fi
 eval "$cfg"
@@ -84,7 +85,7 @@ while :; do
 done
 if [ -z "$DEV" ]; then
     echo "ASL-ERROR: data disk $want not found: attach a disk with an ext4 file system labelled" \
-        "$ASL_STORAGE_LABEL (mkfs.ext4 -L $ASL_STORAGE_LABEL DEVICE) or set storage.device in $CONFIG;" \
+        "$ASL_STORAGE_LABEL (mkfs.ext4 -L $ASL_STORAGE_LABEL DEVICE) or set storage.device in $ASL_CONFIG;" \
         "$ASL_MOUNTPOINT is NOT mounted and asl-auth-host was NOT started"
     check "storage missing"
     finish 3
@@ -101,12 +102,12 @@ if ! $BB mount -o "$ASL_MOUNT_OPTIONS" "$DEV" "$ASL_MOUNTPOINT"; then
 fi
 MOUNTED=1
 say "storage: $DEV mounted at $ASL_MOUNTPOINT"
-[ -e "$ASL_MOUNTPOINT/.asl-test-mode" ] && TEST_MODE=1
+[ -e "$ASL_MOUNTPOINT/$ASL_TEST_MODE_MARKER" ] && TEST_MODE=1
 
 # 3.-5. stores, DAM, service
-READY=/run/asl-auth-host.ready
+READY=$ASL_READY_FILE
 rm -f "$READY"
-asl-auth-host --config "$CONFIG" --ready-file "$READY" &
+asl-auth-host --config "$ASL_CONFIG" --ready-file "$READY" &
 SERVICE=$!
 i=0
 while [ ! -e "$READY" ] && kill -0 "$SERVICE" 2>/dev/null && [ "$i" -lt 600 ]; do
@@ -131,8 +132,8 @@ if [ "$TEST_MODE" = 1 ]; then
     check "ifaces-up${up:- none}"
     check "listening $(cat /proc/net/tcp /proc/net/tcp6 /proc/net/udp /proc/net/udp6 2>/dev/null \
         | $BB awk '$4 == "0A" || ($4 == "07" && $2 !~ /:0000$/)' | $BB wc -l)"
-    check "boots $(cat "$ASL_MOUNTPOINT/.asl-host/boots")"
-    check "stores $(cd "$ASL_MOUNTPOINT" && for d in $ASL_DOMAINS; do [ -f "$d/.asl-domain" ] && printf '%s ' "$d"; done)"
+    check "boots $(cat "$ASL_MOUNTPOINT/$ASL_BOOTS_FILE")"
+    check "stores $(cd "$ASL_MOUNTPOINT" && for d in $ASL_DOMAINS; do [ -f "$d/$ASL_DOMAIN_MARKER" ] && printf '%s ' "$d"; done)"
     check "log $($BB wc -l < "$ASL_LOG_FILE") lines in $ASL_LOG_FILE"
     kill "$SERVICE" 2>/dev/null
     wait "$SERVICE" 2>/dev/null

@@ -46,6 +46,7 @@ SCHEMA: dict[str, tuple[str, bool]] = {
     "kernel": (_MAP, True),
     "boot": (_MAP, True),
     "python_package": (_STR, True),
+    "python_shared": (_STR, True),
     "python_dest": (_STR, True),
     "paths": (_MAP, True),
 }

@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""Build the ISO root: rootfs + trimmed kernel modules + overlay/ + this project's package (stdlib only).
+"""Build the ISO root: rootfs + trimmed kernel modules + overlay/ + the host runtime (stdlib only).
+
+The host runtime is the Python package ``--package`` (``asl_host``) plus exactly the modules of
+``--shared`` (``asl_capture``) that it imports, directly or through each other (:func:`import_closure`,
+read from the sources with :mod:`ast`), so the image carries no build-tool code it never runs.
 
 Refuses, with a one-line error and exit status 2, overlay entries that could escape the root:
 absolute symlinks, relative symlinks whose target leaves the root (``..``), device nodes, fifos and
@@ -13,6 +17,7 @@ Merging resolves every path inside the target root, chroot-style: a symlink in t
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import posixpath
 import shutil
@@ -136,29 +141,95 @@ def merge(staged: Path, root: Path, rels: list[str], epoch: int) -> None:
         os.utime(dst, (epoch, epoch), follow_symlinks=False)
 
 
-def install_package(src: Path, root: Path, dest: str) -> int:
-    """Copy the Python package ``src`` byte-for-byte into ``root/dest`` (no bytecode); returns files."""
+def package_files(src: Path) -> list[Path]:
+    """The files of the Python package ``src`` that are installed (no bytecode, no dot files), sorted.
+
+    Raises:
+        OverlayError: ``src`` is not a package, or holds something other than regular files.
+    """
     if not (src / "__init__.py").is_file():
         raise OverlayError(f"{src}: not a Python package")
-    target = resolve_in_root(root, posixpath.join(dest.strip("/"), src.name))
-    if target.exists():
-        shutil.rmtree(target)
-    count = 0
+    files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(src):
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
-        out_dir = target / os.path.relpath(dirpath, src)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(out_dir, 0o755)  # noqa: S103 (image directory)
         for name in sorted(filenames):
             if name.endswith((".pyc", ".pyo")) or name.startswith("."):
                 continue
-            path = os.path.join(dirpath, name)
+            path = Path(dirpath) / name
             if not stat.S_ISREG(os.lstat(path).st_mode):
                 raise OverlayError(f"{path}: only regular files are installed from the package")
-            shutil.copyfile(path, out_dir / name)
-            os.chmod(out_dir / name, 0o644)
-            count += 1
-    return count
+            files.append(path)
+    return files
+
+
+def _module_file(shared: Path, module: str) -> Path | None:
+    """The source file of ``module`` (``shared.a.b``) inside ``shared``, or None (a name, not a module)."""
+    rel = module.split(".")[1:]
+    base = shared.joinpath(*rel)
+    for candidate in (base.with_suffix(".py") if rel else None, base / "__init__.py"):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported(path: Path, name: str) -> set[str]:
+    """Modules of package ``name`` that the source file ``path`` imports (anywhere in the file)."""
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except SyntaxError as exc:
+        raise OverlayError(f"{path}: cannot parse: {exc.msg} (line {exc.lineno})") from None
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name == name or a.name.startswith(name + "."))
+        elif (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+              and (node.module == name or node.module.startswith(name + "."))):
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)  # submodules; names are dropped
+    return found
+
+
+def import_closure(package: Path, shared: Path) -> list[Path]:
+    """The files of ``shared`` that ``package`` imports, transitively, with their packages' ``__init__``.
+
+    Raises:
+        OverlayError: a source cannot be parsed, or an imported module of ``shared`` does not exist.
+    """
+    name = shared.name
+    todo = [f for f in package_files(package) if f.suffix == ".py"]
+    needed: set[Path] = set()
+    while todo:
+        for module in sorted(_imported(todo.pop(), name)):
+            parts = module.split(".")
+            for depth in range(1, len(parts) + 1):
+                prefix = ".".join(parts[:depth])
+                found = _module_file(shared, prefix)
+                if found is None:
+                    if depth < len(parts):
+                        raise OverlayError(f"{module}: imported by the host runtime but not in {shared}")
+                    continue  # the last part names an attribute, not a module
+                if found not in needed:
+                    needed.add(found)
+                    todo.append(found)
+    return sorted(needed)
+
+
+def install_files(files: list[Path], base: Path, root: Path, dest: str) -> int:
+    """Copy ``files`` (below ``base``) byte-for-byte into ``root/dest/<base name>/...``; returns the count.
+
+    The target package directory is replaced, so nothing from an earlier install remains.
+    """
+    target = resolve_in_root(root, posixpath.join(dest.strip("/"), base.name))
+    if target.exists():
+        shutil.rmtree(target)
+    for path in files:
+        out = target / path.relative_to(base)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, out)
+        os.chmod(out, 0o644)
+    for dirpath, _dirs, _files in os.walk(target):
+        os.chmod(dirpath, 0o755)  # noqa: S103 (image directory)
+    return len(files)
 
 
 def trim_modules(root: Path, modules: list[str]) -> list[str]:
@@ -213,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--staged", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--package", type=Path, required=True)
+    parser.add_argument("--shared", type=Path, required=True,
+                        help="package whose modules --package imports (only those are installed)")
     parser.add_argument("--package-dest", required=True)
     parser.add_argument("--modules", required=True)
     parser.add_argument("--epoch", type=int, required=True)
@@ -228,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["cp", "-a", "--", str(args.rootfs), str(args.out)], check=True)
         order = trim_modules(args.out, args.modules.split())
         merge(args.staged, args.out, rels, args.epoch)
-        files = install_package(args.package, args.out, args.package_dest)
+        files = install_files(package_files(args.package), args.package, args.out, args.package_dest)
+        files += install_files(import_closure(args.package, args.shared), args.shared, args.out,
+                               args.package_dest)
         clamp(args.out, args.epoch)
     except OverlayError as exc:
         sys.stderr.write(f"overlay: error: {exc}\n")

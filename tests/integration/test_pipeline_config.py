@@ -44,7 +44,7 @@ def test_shipped_image_yaml_is_valid() -> None:
     (lambda t: t.replace("suite: bookworm\n", ""), "suite: missing required field"),
     (lambda t: t.replace("  timeout: 1", "  timeout: soon"), "boot.timeout: expected an integer, got str"),
     (lambda t: t.replace("  serial: ttyS0,115200", "  serial: ttyS0\n  baud: 9600"), "boot.baud: unknown key"),
-    (lambda t: t.replace("  - python3-click\n", "  - 7\n"), "packages: expected a list of strings, got list"),
+    (lambda t: t.replace("  - python3-yaml\n", "  - 7\n"), "packages: expected a list of strings, got list"),
     (lambda t: t.replace("\nmirror: null", "\nmirror: http://example.invalid/debian"), "security_mirror: set"),
     (lambda t: t + ":\n  - [", "line"),
 ])
@@ -89,7 +89,8 @@ def test_no_source_for_the_suite_is_a_one_line_error(tmp_path: Path) -> None:
 def _stage(overlay: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     return _run("overlay.py", "--rootfs", str(tmp_path / "none"), "--overlay", str(overlay),
                 "--staged", str(tmp_path / "staged"), "--out", str(tmp_path / "iso"),
-                "--package", str(REPO / "asl_capture"), "--package-dest", "/usr/lib/python3/dist-packages",
+                "--package", str(REPO / "asl_host"), "--shared", str(REPO / "asl_capture"),
+                "--package-dest", "/usr/lib/python3/dist-packages",
                 "--modules", "ext4", "--epoch", "1735689600", "--stage-only")
 
 
@@ -142,11 +143,49 @@ def test_relative_symlink_inside_the_root_is_accepted(tmp_path: Path) -> None:
     assert _stage(overlay, tmp_path).returncode == 0
 
 
-def test_chroot_style_resolution_never_leaves_the_root(tmp_path: Path) -> None:
+def _overlay_tool() -> Any:
     spec = importlib.util.spec_from_file_location("asl_overlay_tool", TOOLS / "overlay.py")
     assert spec is not None and spec.loader is not None
     ov: Any = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ov)
+    return ov
+
+
+def test_image_gets_the_host_runtime_and_only_the_shared_modules_it_imports(tmp_path: Path) -> None:
+    ov = _overlay_tool()
+    shared = [p.relative_to(REPO).as_posix() for p in ov.import_closure(REPO / "asl_host", REPO / "asl_capture")]
+    assert "asl_capture/__init__.py" in shared and "asl_capture/dcbor.py" in shared
+    assert not any(p.startswith("asl_capture/cli/") for p in shared)
+    assert "asl_capture/capture.py" not in shared and "asl_capture/verify.py" not in shared
+    root = tmp_path / "root"
+    root.mkdir()
+    dest = "/usr/lib/python3/dist-packages"
+    ov.install_files(ov.package_files(REPO / "asl_host"), REPO / "asl_host", root, dest)
+    ov.install_files(ov.import_closure(REPO / "asl_host", REPO / "asl_capture"), REPO / "asl_capture", root, dest)
+    site = root / dest.strip("/")
+    # Every module installed imports nothing the image lacks: no click, no cbor2, no build-tool module.
+    for path in site.rglob("*.py"):
+        imported = ov._imported(path, "click") | ov._imported(path, "cbor2")
+        assert not imported, f"{path}: {imported}"
+    res = subprocess.run([sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                          "import asl_host.authhost, asl_host.admin, asl_host.rescue, asl_host.config; "
+                          "print(sorted(m for m in sys.modules if m.split('.')[0] in ('click', 'cbor2')))",
+                          str(site)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+
+
+def test_import_of_a_missing_shared_module_is_refused(tmp_path: Path) -> None:
+    ov = _overlay_tool()
+    pkg = tmp_path / "hostpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from asl_capture.nosuch.thing import x\n")
+    with pytest.raises(ov.OverlayError, match=r"asl_capture\.nosuch\.thing: imported by the host runtime"):
+        ov.import_closure(pkg, REPO / "asl_capture")
+
+
+def test_chroot_style_resolution_never_leaves_the_root(tmp_path: Path) -> None:
+    ov = _overlay_tool()
     root = tmp_path / "root"
     (root / "usr/bin").mkdir(parents=True)
     (root / "bin").symlink_to("usr/bin")
@@ -170,12 +209,12 @@ def _host_config(tmp_path: Path) -> Path:
 
 
 def _host(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "asl_capture.host.authhost", "--config", str(config), "--once",
+    return subprocess.run([sys.executable, "-m", "asl_host.authhost", "--config", str(config), "--once",
                            "--ready-file", str(config.parent / "ready"), *extra], capture_output=True, text=True)
 
 
 def test_shipped_policy_hash_matches_the_shipped_policy() -> None:
-    res = subprocess.run([sys.executable, "-m", "asl_capture.host.admin", "check", "--config",
+    res = subprocess.run([sys.executable, "-m", "asl_host.admin", "check", "--config",
                           str(REPO / "overlay/etc/asl-auth-host/config.yaml")], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
 
@@ -206,7 +245,7 @@ def test_dam_refuses_a_policy_the_data_disk_did_not_witness(tmp_path: Path) -> N
     config = _host_config(tmp_path)
     assert _host(config, "--no-require-mount").returncode == 0
     config.write_text(config.read_text().replace("required: 1", "required: 2"))
-    new_hash = subprocess.run([sys.executable, "-m", "asl_capture.host.admin", "policy-hash", "--config",
+    new_hash = subprocess.run([sys.executable, "-m", "asl_host.admin", "policy-hash", "--config",
                                str(config)], capture_output=True, text=True, check=True).stdout
     (config.parent / "policy.hash").write_text(new_hash)
     res = _host(config, "--no-require-mount")

@@ -23,23 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from asl_capture.errors import AslError
-from asl_capture.host.config import (
-    DEFAULT_CONFIG,
-    DOMAINS,
-    HostConfig,
-    PolicyError,
-    load,
-    pinned_policy_hash,
-    policy_digest,
-)
+from asl_host.config import DOMAINS, HostConfig, load, pinned_policy_hash, policy_digest
+from asl_host.errors import HostError, PolicyError, StorageError
+from asl_host.paths import BOOTS_NAME, DEFAULT_CONFIG, DOMAIN_MARKER, READY_FILE, STATE_DIR, WITNESS_NAME
 
-STATE_DIR = ".asl-host"
 LOGGER = "asl-auth-host"
-
-
-class StorageError(AslError):
-    """The writable storage is missing, not mounted or not writable."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +56,7 @@ def open_stores(cfg: HostConfig, *, require_mount: bool = True) -> tuple[tuple[P
     try:
         for name in DOMAINS:
             store = root / cfg.domains[name]
-            marker = store / ".asl-domain"
+            marker = store / DOMAIN_MARKER
             if not marker.is_file():
                 store.mkdir(mode=0o750, exist_ok=True)
                 marker.write_text(f"domain: {name}\nformat: 1\n", encoding="utf-8")
@@ -94,7 +82,7 @@ def enforce_dam(cfg: HostConfig) -> str:
     pinned = pinned_policy_hash(cfg)
     if pinned != actual:
         raise PolicyError(f"{cfg.policy_hash_file} pins {pinned} but config.yaml's policy hashes to {actual}")
-    witness = cfg.mountpoint / STATE_DIR / "dam-witness"
+    witness = cfg.mountpoint / STATE_DIR / WITNESS_NAME
     try:
         if witness.is_file():
             seen = witness.read_text(encoding="ascii").strip()
@@ -109,7 +97,7 @@ def enforce_dam(cfg: HostConfig) -> str:
 
 def count_boot(cfg: HostConfig) -> int:
     """Increment and return the boot counter kept on the data disk. Raises StorageError."""
-    path = cfg.mountpoint / STATE_DIR / "boots"
+    path = cfg.mountpoint / STATE_DIR / BOOTS_NAME
     try:
         text = path.read_text(encoding="ascii").strip() if path.exists() else "0"
         boot = (int(text) if text.isdigit() else 0) + 1
@@ -149,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``asl-auth-host``; exit 0 stopped, 1 DAM refused, 2 unusable config/storage."""
     parser = argparse.ArgumentParser(prog="asl-auth-host", description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    parser.add_argument("--ready-file", type=Path, default=Path("/run/asl-auth-host.ready"))
+    parser.add_argument("--ready-file", type=Path, default=READY_FILE)
     parser.add_argument("--once", action="store_true", help="exit after READY (checks, tests)")
     parser.add_argument("--no-require-mount", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--log-file", type=Path, help="override config.yaml's log.file")
@@ -157,13 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load(args.config)
         log = _logger(args.log_file or cfg.log_file)
-    except (AslError, OSError) as exc:
+    except (HostError, OSError) as exc:
         print(f"asl-auth-host: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     log.info("starting: config %s, storage %s", args.config, cfg.mountpoint)
     try:
         started = start(cfg, require_mount=not args.no_require_mount)
-    except AslError as exc:
+    except HostError as exc:
         log.error("refusing to start: %s: %s", type(exc).__name__, exc)
         print(f"asl-auth-host: refusing to start: {type(exc).__name__}: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -3,8 +3,8 @@
 The policy is the ``policy`` mapping of ``config.yaml``; ``policy.hash`` holds
 ``sha256:<hex>`` of its deterministic CBOR encoding (:func:`policy_digest`), so a policy edited
 without updating the hash (or the other way round) is detected before the service starts.
-``python3 -m asl_capture.host.config --shell FILE`` prints the settings the boot script needs as
-shell assignments.
+``python3 -m asl_host.config --shell [FILE]`` prints the settings and path constants the boot script
+needs as shell assignments.
 """
 
 from __future__ import annotations
@@ -17,20 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from asl_capture import dcbor
-from asl_capture.errors import AslError
+from asl_host.errors import HostConfigError, HostError
+from asl_host.paths import DEFAULT_CONFIG, POLICY_HASH_NAME, shell_constants
 
-DEFAULT_CONFIG = Path("/etc/asl-auth-host/config.yaml")
 DOMAINS = ("common", "personal", "pools")
-
-
-class HostConfigError(AslError):
-    """``config.yaml`` or ``policy.hash`` is missing, malformed or inconsistent."""
-
-
-class PolicyError(AslError):
-    """The DAM refuses to start: the policy does not match its pinned hash or witness."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -124,7 +114,7 @@ def parse(data: object, *, base: Path) -> HostConfig:
         network_enabled=_typed(network, "enabled", bool, False, "network"),
         log_file=Path(_typed(log, "file", str, "/var/log/asl-auth-host.log", "log")),
         policy=policy_value,
-        policy_hash_file=base / "policy.hash",
+        policy_hash_file=base / POLICY_HASH_NAME,
     )
 
 
@@ -158,9 +148,11 @@ def pinned_policy_hash(cfg: HostConfig) -> str:
     return line
 
 
-def shell_lines(cfg: HostConfig) -> list[str]:
-    """``ASL_*`` shell assignments for ``init-asl-host.sh``."""
-    values = {
+def shell_lines(cfg: HostConfig, config_path: Path) -> list[str]:
+    """``ASL_*`` shell assignments for ``init-asl-host.sh``: path constants, then settings."""
+    values = shell_constants()
+    values |= {
+        "ASL_CONFIG": str(config_path),
         "ASL_HOSTNAME": cfg.hostname,
         "ASL_STORAGE_LABEL": cfg.storage_label,
         "ASL_STORAGE_DEVICE": cfg.storage_device or "",
@@ -175,17 +167,18 @@ def shell_lines(cfg: HostConfig) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python3 -m asl_capture.host.config --shell [FILE]``; exit 0, or 2 with a one-line error."""
+    """``python3 -m asl_host.config --shell [FILE]``; exit 0, or 2 with a one-line error."""
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] != "--shell" or len(args) > 2:
-        print("usage: python3 -m asl_capture.host.config --shell [CONFIG]", file=sys.stderr)
+        print("usage: python3 -m asl_host.config --shell [CONFIG]", file=sys.stderr)
         return 2
+    path = Path(args[1]) if len(args) == 2 else DEFAULT_CONFIG
     try:
-        cfg = load(Path(args[1]) if len(args) == 2 else DEFAULT_CONFIG)
-    except AslError as exc:
+        cfg = load(path)
+    except HostError as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return exc.exit_code
-    print("\n".join(shell_lines(cfg)))
+    print("\n".join(shell_lines(cfg, path)))
     return 0
 
 

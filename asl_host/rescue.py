@@ -10,8 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-from asl_capture.errors import AslError
-from asl_capture.host.config import DEFAULT_CONFIG, load, pinned_policy_hash, policy_digest
+from asl_host.config import load, pinned_policy_hash, policy_digest
+from asl_host.errors import HostError
+from asl_host.paths import DEFAULT_CONFIG
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         label = f"LABEL={cfg.storage_label}" if cfg.storage_device is None else cfg.storage_device
         print(f"asl-rescue: data disk {label} -> {cfg.mountpoint} "
               f"(mounted: {'yes' if os.path.ismount(cfg.mountpoint) else 'no'})")
-    except AslError as exc:
+    except HostError as exc:
         print(f"asl-rescue: {type(exc).__name__}: {exc}")
     if args.no_shell:
         return 0
