@@ -8,6 +8,7 @@ when the capture itself hit a problem.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 from collections.abc import Callable, Mapping
@@ -15,11 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asl_capture import chain, envpolicy, gcpause, projectconfig
+from asl_capture.agent import ENV_AGENT, AgentSigner, SigningAgent, connect
 from asl_capture.context import host_info, read_sources, vcs_info
+from asl_capture.cose import MessageSigner
 from asl_capture.errors import AslError, CaptureError, RecordWriteError, UsageError
 from asl_capture.format import Inputs, Log, Manifest, Outputs, Source, StepRecord, Vcs, diff
 from asl_capture.hashing import Hasher
-from asl_capture.keys import Signer, ensure_dev_key, load_signer, read_passphrase
+from asl_capture.keys import (
+    PASSPHRASE_ENV,
+    Signer,
+    ensure_dev_key,
+    ephemeral_signer,
+    load_signer,
+    read_passphrase,
+)
 from asl_capture.manifest import Excluder, snapshot
 from asl_capture.projectconfig import ProjectConfig
 from asl_capture.runner import RunResult, release_signals, run
@@ -30,6 +40,8 @@ ENV_DIR = "ASL_CAPTURE_DIR"
 ENV_PARENT = "ASL_CAPTURE_PARENT"
 ENV_KEY = "ASL_CAPTURE_KEY"
 ENV_PASSPHRASE_FILE = "ASL_CAPTURE_PASSPHRASE_FILE"
+#: Never handed to the captured command: it signs through the agent instead (agent.py).
+KEY_ENV = (ENV_KEY, ENV_PASSPHRASE_FILE, PASSPHRASE_ENV)
 EXIT_CANNOT_START = 127
 EXIT_CAPTURE_FAILED = 125
 
@@ -45,6 +57,7 @@ class CaptureConfig:
     provenance: Path | None = None
     key: Path | None = None
     passphrase_file: Path | None = None
+    ephemeral_key: bool = False
     inputs: tuple[Path, ...] = ()
     outputs: tuple[Path, ...] = ()
     excludes: tuple[str, ...] = ()
@@ -73,14 +86,22 @@ def resolve_provenance(config: CaptureConfig, project: ProjectConfig) -> Path:
     return project.provenance if project.provenance is not None else config.cwd / "provenance"
 
 
-def resolve_signer(config: CaptureConfig, notify: Callable[[str], None]) -> tuple[Signer, Path | None]:
-    """Load the signing key: ``--key``, ``$ASL_CAPTURE_KEY``, or the per-user development key.
-
-    Returns the signer and the passphrase file to hand to nested captures.
+def resolve_signer(config: CaptureConfig, notify: Callable[[str], None]) -> MessageSigner:
+    """The signer: ``--ephemeral-key``, ``--key``, the enclosing capture's agent (``$ASL_CAPTURE_AGENT``),
+    ``$ASL_CAPTURE_KEY``, or the per-user development key, in this order.
 
     Raises:
+        UsageError: ``--ephemeral-key`` together with ``--key``.
         KeyFileError: the key cannot be created or loaded.
+        AgentError: the enclosing capture's agent cannot be reached.
     """
+    if config.ephemeral_key:
+        if config.key is not None:
+            raise UsageError("--ephemeral-key and --key exclude each other")
+        return ephemeral_signer()
+    agent_path = config.environ.get(ENV_AGENT)
+    if config.key is None and agent_path:
+        return connect(agent_path)
     passphrase_file = config.passphrase_file
     if passphrase_file is None and config.environ.get(ENV_PASSPHRASE_FILE):
         passphrase_file = Path(config.environ[ENV_PASSPHRASE_FILE])
@@ -95,9 +116,7 @@ def resolve_signer(config: CaptureConfig, notify: Callable[[str], None]) -> tupl
                    f"trust it with --trust {key_path.with_suffix('.pub')}")
     if not key_path.is_absolute():
         key_path = config.cwd / key_path
-    if passphrase_file is not None and not passphrase_file.is_absolute():
-        passphrase_file = config.cwd / passphrase_file
-    return load_signer(key_path, passphrase=passphrase), passphrase_file
+    return load_signer(key_path, passphrase=passphrase)
 
 
 def _abs(path: Path, cwd: Path) -> Path:
@@ -122,7 +141,10 @@ def _capture(config: CaptureConfig, notify: Callable[[str], None]) -> CaptureOut
     cwd = config.cwd.absolute()
     project = projectconfig.load(cwd)
     prov = ProvenanceDir.create(_abs(resolve_provenance(config, project), cwd))
-    signer, passphrase_file = resolve_signer(config, notify)
+    signer = resolve_signer(config, notify)
+    if isinstance(signer, AgentSigner) and os.path.realpath(signer.provenance) != os.path.realpath(prov.root):
+        raise UsageError(f"a nested capture signs only for the enclosing build's chain ({signer.provenance}), "
+                         f"not {prov.root}; pass --key to sign another chain with a key of its own")
     chain.check_appendable(prov)
     store = ObjectStore(prov)
     for path in config.inputs:
@@ -154,18 +176,24 @@ def _capture(config: CaptureConfig, notify: Callable[[str], None]) -> CaptureOut
 
     run_id = secrets.token_bytes(16)
     parent = _parent(config.environ)
-    child_env = dict(config.environ)
+    child_env = {k: v for k, v in config.environ.items() if k not in KEY_ENV}
     child_env[ENV_DIR] = str(prov.root)
     child_env[ENV_PARENT] = run_id.hex()
-    child_env[ENV_KEY] = str(signer.path)
-    if passphrase_file is not None:
-        child_env[ENV_PASSPHRASE_FILE] = str(passphrase_file)
 
     before = _Before(prov=prov, signer=signer, store=store, cwd=cwd, take=take, inputs=inputs,
                      outputs_before=outputs_before, out_roots=out_roots, cache=cache,
                      sources_stamp=sources_stamp, vcs=vcs, run_id=run_id, parent=parent)
+    # A capture holding the key itself serves it to the captures nested in its command; one that
+    # signs through an agent passes that agent on (ASL_CAPTURE_AGENT is inherited unchanged).
+    agent = SigningAgent(signer=signer, prov=prov) if isinstance(signer, Signer) else None
     try:
-        result = run(config.argv, env=child_env, cwd=cwd, store=store, forward_output=config.forward_output)
+        if agent is not None:
+            child_env[ENV_AGENT] = agent.start()
+        try:
+            result = run(config.argv, env=child_env, cwd=cwd, store=store, forward_output=config.forward_output)
+        finally:
+            if agent is not None:  # nothing nested can be signed once the command has ended
+                agent.close()
         try:
             return _record(config, before, result)
         except RecordWriteError:
@@ -181,7 +209,7 @@ class _Before:
     """What a capture knew before the command ran, for writing its record afterwards."""
 
     prov: ProvenanceDir
-    signer: Signer
+    signer: MessageSigner
     store: ObjectStore
     cwd: Path
     take: Callable[[list[Path]], Manifest]
@@ -227,6 +255,8 @@ def _record(config: CaptureConfig, b: _Before, result: RunResult) -> CaptureOutc
                 created=len(changes.created), modified=len(changes.modified), deleted=len(changes.deleted)),
     )
     draft = _draft(config, b, result, errors, trees, sources)
+    if isinstance(b.signer, Signer) and b.signer.path is None:  # --ephemeral-key: the auditor needs its key
+        draft = dataclasses.replace(draft, ephemeral_key=b.signer.public_raw())
     try:
         record, _item = chain.append(b.prov, b.signer, lambda _head: draft,
                                      new_chain_id=lambda: secrets.token_bytes(16))

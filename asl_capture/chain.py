@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asl_capture import cose, dcbor
+from asl_capture.cose import MessageSigner
 from asl_capture.errors import AslError, CborError, ChainError, TornTailError, TruncatedCbor
-from asl_capture.format import CHECKPOINT_CONTENT_TYPE, Checkpoint, StepRecord
-from asl_capture.keys import Signer
+from asl_capture.format import CHECKPOINT_CONTENT_TYPE, STEP_CONTENT_TYPE, Checkpoint, StepRecord
 from asl_capture.store import ProvenanceDir
 
 
@@ -166,7 +166,7 @@ def _write_head(prov: ProvenanceDir, item: Item) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _write_checkpoint(prov: ProvenanceDir, signer: Signer, record: StepRecord, item: Item) -> None:
+def _write_checkpoint(prov: ProvenanceDir, signer: MessageSigner, record: StepRecord, item: Item) -> None:
     """Replace ``checkpoint.cose`` with a signed :class:`Checkpoint` of the chain's newest record.
 
     The chain alone cannot show that records were cut from its end; the checkpoint can, unless an
@@ -176,7 +176,7 @@ def _write_checkpoint(prov: ProvenanceDir, signer: Signer, record: StepRecord, i
         ChainError: the checkpoint cannot be written (the record itself is already durable).
     """
     payload = Checkpoint(chain=record.chain, seq=record.seq, digest=item.digest).to_cbor()
-    data = cose.sign(payload, signer.private_key, content_type=CHECKPOINT_CONTENT_TYPE)
+    data = signer.sign_message(payload, content_type=CHECKPOINT_CONTENT_TYPE)
     tmp = prov.checkpoint.with_name(f".checkpoint.{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
@@ -221,6 +221,28 @@ def check_appendable(prov: ProvenanceDir) -> Head:
             os.close(fd)
 
 
+def current_head(prov: ProvenanceDir) -> Head:
+    """The chain's head as it is on disk now, *without* taking the append lock.
+
+    For the signing agent, which checks a request against the head while the requesting capture
+    holds the lock (taking it here would deadlock).
+
+    Raises:
+        TornTailError: the chain ends with a partial record.
+        ChainError: the chain cannot be read or its last record cannot be read.
+    """
+    try:
+        fd = os.open(prov.chain, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return Head(chain=None, next_seq=0, prev=None, end=0)
+    except OSError as exc:
+        raise ChainError(f"{prov.chain}: cannot open chain: {exc.strerror}") from None
+    try:
+        return _current_head(prov, fd)
+    finally:
+        os.close(fd)
+
+
 def _open_chain(prov: ProvenanceDir) -> int:
     try:
         return os.open(prov.chain, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
@@ -230,7 +252,7 @@ def _open_chain(prov: ProvenanceDir) -> int:
 
 def append(
     prov: ProvenanceDir,
-    signer: Signer,
+    signer: MessageSigner,
     build: Callable[[Head], StepRecord],
     *,
     new_chain_id: Callable[[], bytes],
@@ -253,7 +275,7 @@ def append(
                                   seq=head.next_seq, prev=head.prev)
             payload = record.to_cbor()
             StepRecord.from_cbor(payload)  # never sign what a verifier would reject
-            raw = cose.sign(payload, signer.private_key)
+            raw = signer.sign_message(payload, content_type=STEP_CONTENT_TYPE)
             written = 0
             try:
                 while written < len(raw):
@@ -291,7 +313,7 @@ def _checkpoint_seq(prov: ProvenanceDir) -> int | None:
         return None
 
 
-def repair(prov: ProvenanceDir, *, signer: Callable[[], Signer] | None = None) -> RepairResult:
+def repair(prov: ProvenanceDir, *, signer: Callable[[], MessageSigner] | None = None) -> RepairResult:
     """Truncate a torn tail (after saving a copy of its bytes beside the chain).
 
     Whole records are never touched; a malformed record in the middle is refused. When the signed
@@ -324,7 +346,9 @@ def repair(prov: ProvenanceDir, *, signer: Callable[[], Signer] | None = None) -
             os.close(fd)
 
 
-def _reconcile_checkpoint(prov: ProvenanceDir, items: tuple[Item, ...], signer: Callable[[], Signer] | None) -> str:
+def _reconcile_checkpoint(
+    prov: ProvenanceDir, items: tuple[Item, ...], signer: Callable[[], MessageSigner] | None,
+) -> str:
     """Re-sign a checkpoint that vouches beyond the last whole record (see :class:`RepairResult`)."""
     vouched = _checkpoint_seq(prov)
     if vouched is None or vouched < len(items):

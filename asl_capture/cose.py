@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from asl_capture import dcbor
 from asl_capture.errors import CborError, VerificationError
@@ -23,6 +23,20 @@ COSE_SIGN1_TAG = 18
 ALG_EDDSA = -8
 #: The tags a chain item may carry (for :func:`dcbor.decode`).
 COSE_TAGS = frozenset({COSE_SIGN1_TAG})
+
+
+class MessageSigner(Protocol):
+    """Anything that signs COSE_Sign1 messages with one Ed25519 key: a loaded key file, an in-memory
+    ephemeral key, or the signing agent of an enclosing capture (:mod:`asl_capture.agent`)."""
+
+    @property
+    def kid(self) -> bytes:
+        """The key id of the signing key."""
+        ...
+
+    def sign_message(self, payload: bytes, *, content_type: str) -> bytes:
+        """The encoded, tagged COSE_Sign1 message carrying ``payload``."""
+        ...
 
 
 def key_id(public_raw: bytes) -> bytes:

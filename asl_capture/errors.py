@@ -98,3 +98,7 @@ class RecordWriteError(AslError):
     """The command ran but its record could not be appended (the chain is unchanged)."""
 
     exit_code = 125
+
+
+class AgentError(AslError):
+    """The signing agent of an enclosing capture cannot be reached or refused a request."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asl_capture.cose import key_id, raw_public_bytes
+from asl_capture.cose import key_id, raw_public_bytes, sign
 from asl_capture.errors import KeyFileError
 
 if TYPE_CHECKING:
@@ -26,14 +26,35 @@ PASSPHRASE_ENV = "ASL_KEY_PASSPHRASE"
 
 @dataclass(frozen=True, slots=True)
 class Signer:
-    """A loaded private key and its key id. Its ``repr`` never shows key material."""
+    """A private key held in this process and its key id. Its ``repr`` never shows key material.
+
+    ``path`` is the key file it was loaded from, or None for an ephemeral key that only ever lived
+    in memory.
+    """
 
     private_key: Ed25519PrivateKey
     kid: bytes
-    path: Path
+    path: Path | None
 
     def __repr__(self) -> str:
-        return f"Signer(kid={self.kid.hex()}, path={str(self.path)!r})"
+        where = "ephemeral" if self.path is None else repr(str(self.path))
+        return f"Signer(kid={self.kid.hex()}, path={where})"
+
+    def sign_message(self, payload: bytes, *, content_type: str) -> bytes:
+        """The encoded, tagged COSE_Sign1 message carrying ``payload``, signed with this key."""
+        return sign(payload, self.private_key, content_type=content_type)
+
+    def public_raw(self) -> bytes:
+        """The raw 32-byte public key."""
+        return raw_public_bytes(self.private_key.public_key())
+
+
+def ephemeral_signer() -> Signer:
+    """A fresh Ed25519 key held only in this process's memory (never written anywhere)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    return Signer(private_key=key, kid=public_key_id(key.public_key()), path=None)
 
 
 def public_key_id(public_key: Ed25519PublicKey) -> bytes:

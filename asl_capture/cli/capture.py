@@ -18,8 +18,9 @@ provenance directory, a torn chain tail or an unreadable input; 125 when the com
 ran but its record could not be written or completed.
 \b
 Environment: ASL_CAPTURE_DIR (provenance directory), ASL_CAPTURE_KEY (signing key),
-ASL_KEY_PASSPHRASE or ASL_CAPTURE_PASSPHRASE_FILE (key passphrase). Nested captures
-inherit these and ASL_CAPTURE_PARENT from the enclosing capture.
+ASL_KEY_PASSPHRASE or ASL_CAPTURE_PASSPHRASE_FILE (key passphrase). The command gets
+ASL_CAPTURE_DIR, ASL_CAPTURE_PARENT and ASL_CAPTURE_AGENT (the socket through which the
+captures nested in it sign, while it runs); never the key's path or passphrase.
 """
 
 
@@ -32,6 +33,8 @@ inherit these and ASL_CAPTURE_PARENT from the enclosing capture.
               "else a per-user development key).")
 @click.option("--passphrase-file", type=click.Path(path_type=Path), help="File whose first line is the key's "
               "passphrase (or set ASL_KEY_PASSPHRASE).")
+@click.option("--ephemeral-key", is_flag=True, help="Sign with a fresh key held only in memory for this build; "
+              "its public key is recorded in this capture's record (publish with asl-release).")
 @click.option("-i", "--input", "inputs", multiple=True, type=click.Path(path_type=Path),
               help="Input file or directory (repeatable).")
 @click.option("-o", "--output", "outputs", multiple=True, type=click.Path(path_type=Path),
@@ -43,14 +46,14 @@ inherit these and ASL_CAPTURE_PARENT from the enclosing capture.
               help="JSON Lines file the step writes, listing what it took from outside (recorded as sources).")
 @click.argument("command", nargs=-1, required=False, type=click.UNPROCESSED)
 def cli(step: str | None, provenance: Path | None, key: Path | None, passphrase_file: Path | None,
-        inputs: tuple[Path, ...], outputs: tuple[Path, ...], excludes: tuple[str, ...], root: Path | None,
-        sources_file: Path | None, command: tuple[str, ...]) -> None:
+        ephemeral_key: bool, inputs: tuple[Path, ...], outputs: tuple[Path, ...], excludes: tuple[str, ...],
+        root: Path | None, sources_file: Path | None, command: tuple[str, ...]) -> None:
     """Run CMD, hash what it read and wrote, and append a signed provenance record."""
     progress = (lambda msg: click.echo(f"\r{msg}", err=True, nl=False)) if sys.stderr.isatty() else None
     config = CaptureConfig(
         argv=command, environ=dict(os.environ), cwd=Path.cwd(), step=step, provenance=provenance, key=key,
-        passphrase_file=passphrase_file, inputs=inputs, outputs=outputs, excludes=excludes, root=root,
-        sources_file=sources_file, progress=progress,
+        passphrase_file=passphrase_file, ephemeral_key=ephemeral_key, inputs=inputs, outputs=outputs,
+        excludes=excludes, root=root, sources_file=sources_file, progress=progress,
     )
     try:
         outcome = capture(config, notify=lambda msg: click.echo(msg, err=True))

@@ -168,7 +168,9 @@ class Source:
 
 _REQUIRED = ("v", "chain", "seq", "prev", "id", "parent", "step", "argv", "cwd", "env", "started", "finished",
              "exit", "status", "inputs", "outputs", "stdout", "stderr", "host")
-_OPTIONAL = ("source_date_epoch", "sources", "vcs", "error", "signals")
+_OPTIONAL = ("source_date_epoch", "sources", "vcs", "error", "signals", "ephemeral_key")
+#: Size of an Ed25519 public key, as ``ephemeral_key`` carries it.
+PUBLIC_KEY_SIZE = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +200,8 @@ class StepRecord:
     vcs: Vcs | None = None
     error: str | None = None
     signals: tuple[int, ...] | None = None
+    #: The raw public key of the in-memory key this (outermost) capture made with --ephemeral-key.
+    ephemeral_key: bytes | None = None
 
     REQUIRED: ClassVar[tuple[str, ...]] = _REQUIRED
     OPTIONAL: ClassVar[tuple[str, ...]] = _OPTIONAL
@@ -226,6 +230,7 @@ class StepRecord:
         c.put(out, "error", self.error)
         if self.signals is not None:
             out["signals"] = list(self.signals)
+        c.put(out, "ephemeral_key", self.ephemeral_key)
         return out
 
     def to_cbor(self) -> bytes:
@@ -280,5 +285,7 @@ class StepRecord:
             error=c.optional_text(body, "error", ""),
             signals=(tuple(c.uint(s, c.index("signals", i)) for i, s in enumerate(c.array(body["signals"], "signals")))
                      if "signals" in body else None),
+            ephemeral_key=(c.bstr(body["ephemeral_key"], "ephemeral_key", PUBLIC_KEY_SIZE)
+                           if "ephemeral_key" in body else None),
         )
 

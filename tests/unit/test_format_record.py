@@ -31,7 +31,7 @@ def optional_body() -> dict[str, dcbor.Value]:
         "signals": [15], "vcs": {"type": "git", "commit": "a" * 40, "tree": "b" * 40, "dirty": False},
         "sources": [{"uri": "http://deb.debian.org/x.deb", "sha256": digest("deb"), "kind": "deb",
                      "via": "http://deb.debian.org/InRelease", "name": "x", "version": "1", "size": 7}],
-        "cwd": b"/non-utf8-\xff", "argv": ["tool", b"\xff"],
+        "cwd": b"/non-utf8-\xff", "argv": ["tool", b"\xff"], "ephemeral_key": b"E" * 32,
     })
     return body
 
@@ -56,6 +56,7 @@ def test_optional_fields_typed_and_round_trip() -> None:
     assert record.sources == (Source(uri="http://deb.debian.org/x.deb", sha256=digest("deb"), kind="deb",
                                      via="http://deb.debian.org/InRelease", name="x", version="1", size=7),)
     assert record.signals == (15,) and record.source_date_epoch == 1_700_000_000
+    assert record.ephemeral_key == b"E" * 32
     assert set(body) == set(StepRecord.REQUIRED) | set(StepRecord.OPTIONAL)
 
 
@@ -158,6 +159,7 @@ WRONG: list[tuple[FieldPath, dcbor.Value]] = [
     (("error",), 1), (("error",), None), (("error",), ["x"]),
     (("signals",), 15), (("signals",), "TERM"), (("signals",), None), (("signals", 0), -15),
     (("signals", 0), "TERM"),
+    (("ephemeral_key",), b"E" * 31), (("ephemeral_key",), "E" * 32), (("ephemeral_key",), None),
     (("vcs",), "git"), (("vcs",), []), (("vcs",), None), (("vcs", "type"), "hg"), (("vcs", "type"), None),
     (("vcs", "commit"), b"a"), (("vcs", "tree"), 1), (("vcs", "dirty"), 0), (("vcs", "dirty"), "no"),
 ]
