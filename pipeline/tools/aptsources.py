@@ -7,11 +7,14 @@ COMPONENTS``). Without ``--mirror`` the URIs come from this machine's apt source
 (``/etc/apt/sources.list``, ``/etc/apt/sources.list.d/*.list`` and ``*.sources``), so no mirror host
 name is ever written into the repository.
 
-``aptsources.py pinned --root DIR --cache DIR --out FILE`` runs inside the rootfs step after the
-packages are installed (apt lists still present) and writes the pinned sources as JSON Lines: every
-installed ``.deb`` with its SHA-256 as listed in the Packages index (checked against the cached file),
-each Packages index with its SHA-256 as listed in InRelease (checked against the downloaded file), and
-each InRelease file with its own SHA-256.
+``aptsources.py pinned --root DIR --archives DIR [--cache DIR --store DIR] --out FILE`` runs inside
+the rootfs step after the packages are installed (apt lists still present) and writes the pinned
+sources as JSON Lines: every installed ``.deb`` with its SHA-256 as listed in the Packages index
+(checked against the file apt installed, in ``--archives``), each Packages index with its SHA-256 as
+listed in InRelease (checked against the downloaded file), and each InRelease file with its own
+SHA-256. With ``--store``, every one of those files is also kept in the durable source store
+(``STORE/<sha256 hex>``, see :mod:`asl_capture.sourcestore`), and with ``--cache`` each ``.deb`` in the flat
+package cache that the next build copies into apt's archive directory.
 
 Errors: one line on stderr, exit status 2 (bad configuration) or 1 (a digest does not match).
 """
@@ -23,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -187,8 +191,12 @@ def _release_sha256(text: str) -> dict[str, str]:
     return out
 
 
-def pinned(root: Path, cache: Path | None) -> list[dict[str, str]]:
+def pinned(root: Path, archives: Path, *, store: Path | None = None, cache: Path | None = None,
+           ) -> list[dict[str, str]]:
     """The pinned sources of an installed root whose apt lists are still present.
+
+    ``archives`` holds the ``.deb`` files apt installed; they, the InRelease files and the Packages
+    indexes are kept in ``store`` by digest, and the ``.deb`` files in the flat ``cache``.
 
     Raises:
         SourcesError: the lists or the package database cannot be read.
@@ -205,9 +213,10 @@ def pinned(root: Path, cache: Path | None) -> list[dict[str, str]]:
         raise SourcesError(f"cannot query apt/dpkg in {root}: {exc}") from None
     wanted = {tuple(line.split("\t")) for line in installed.splitlines() if line}
     cached: dict[str, Path] = {}
-    if cache is not None and cache.is_dir():
-        for deb in sorted(cache.glob("*.deb")):
+    if archives.is_dir():
+        for deb in sorted(archives.glob("*.deb")):
             cached[_sha256_file(deb)] = deb
+    keep: dict[str, Path] = {}
     records: list[dict[str, str]] = []
     found: dict[tuple[str, ...], dict[str, str]] = {}
     for line in sorted(targets.splitlines()):
@@ -220,11 +229,14 @@ def pinned(root: Path, cache: Path | None) -> list[dict[str, str]]:
             raise SourcesError(f"missing apt list {local.name} or {inrelease.name} under {root}")
         rel_text = inrelease.read_text(encoding="utf-8", errors="replace")
         rel_uri = base_uri + "InRelease"
-        records.append({"uri": rel_uri, "sha256": _sha256_file(inrelease), "kind": "release"})
+        rel_digest = _sha256_file(inrelease)
+        records.append({"uri": rel_uri, "sha256": rel_digest, "kind": "release"})
         listed = _release_sha256(rel_text).get(metakey)
         actual = _sha256_file(local)
         if listed != actual:
             raise DigestMismatch(f"{uri}: sha256 {actual} but InRelease lists {listed}")
+        keep[rel_digest] = inrelease
+        keep[actual] = local
         records.append({"uri": uri, "sha256": actual, "kind": "index", "via": rel_uri})
         for st in _stanzas(local.read_text(encoding="utf-8", errors="replace")):
             key = (st.get("Package", ""), st.get("Version", ""), st.get("Architecture", ""))
@@ -233,15 +245,38 @@ def pinned(root: Path, cache: Path | None) -> list[dict[str, str]]:
                 if cached and digest not in cached:
                     continue  # listed here too, but the file apt fetched came from another index
                 found[key] = {"uri": repo_uri + st["Filename"], "sha256": digest, "kind": "deb", "via": uri}
+                if digest in cached:
+                    keep[digest] = cached[digest]
     missing = sorted(wanted - set(found))
     if missing:
         raise SourcesError(f"installed but not found in any index with a matching cached .deb: "
                            f"{' '.join('='.join(k[:2]) for k in missing[:5])}")
     records += sorted(found.values(), key=lambda r: r["uri"])
+    if store is not None:
+        from asl_capture.sourcestore import SourceStore  # PYTHONPATH = the repository (rootfs.sh)
+
+        kept = SourceStore(store)
+        for digest, path in sorted(keep.items()):
+            kept.put(path, digest)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        for digest in sorted(r["sha256"] for r in found.values()):
+            deb = cached.get(digest)
+            if deb is None:
+                continue
+            dest = cache / deb.name
+            if not dest.is_file() or _sha256_file(dest) != digest:
+                _copy_atomic(deb, dest)
     unique: dict[str, dict[str, str]] = {}
     for r in records:
         unique.setdefault(r["uri"], r)
     return list(unique.values())
+
+
+def _copy_atomic(src: Path, dest: Path) -> None:
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--security-mirror", default="")
     p = sub.add_parser("pinned")
     p.add_argument("--root", required=True, type=Path)
+    p.add_argument("--archives", required=True, type=Path)
     p.add_argument("--cache", type=Path)
+    p.add_argument("--store", type=Path)
     p.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
     try:
@@ -264,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                                      args.mirror or None, args.security_mirror or None):
                 sys.stdout.write(line + "\n")
         else:
-            rows = pinned(args.root, args.cache)
+            rows = pinned(args.root, args.archives, store=args.store, cache=args.cache)
             args.out.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
             debs = sum(1 for r in rows if r["kind"] == "deb")
             sys.stderr.write(f"aptsources: {len(rows)} pinned sources ({debs} packages) -> {args.out}\n")

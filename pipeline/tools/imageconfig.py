@@ -59,6 +59,7 @@ NESTED: dict[str, dict[str, tuple[str, bool]]] = {
         "work": (_STR, True),
         "provenance": (_STR, True),
         "cache": (_OPT, False),
+        "store": (_OPT, False),
     },
 }
 _VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$")
