@@ -1,5 +1,5 @@
 #!/bin/sh
-# Build the ASL authority-host ISO: rootfs -> overlay -> bootloader -> iso, each step run under
+# Build the ASL authority-host ISO: builder -> rootfs -> overlay -> bootloader -> iso, each step run under
 # `asl-capture --step NAME` with its inputs (-i) and outputs (-o) named precisely, so the signed
 # chain in out/provenance traces every input to an earlier output or a pinned source.
 #
@@ -9,7 +9,7 @@
 #
 # Environment: SOURCE_DATE_EPOCH (default: the last commit's time), ASL_CAPTURE_DIR (default
 # $PWD/out/provenance), ASL_IMAGE_CONFIG (default pipeline/image.yaml), ASL_CAPTURE (the
-# asl-capture command, default `asl-capture`), ASL_STEPS (subset to run, default all four).
+# asl-capture command, default `asl-capture`), ASL_STEPS (subset to run, default all five).
 set -eu
 cd "$(dirname "$0")/.."
 umask 022
@@ -33,7 +33,7 @@ if [ -z "${ASL_CAPTURE_DIR:-}" ]; then
     ASL_CAPTURE_DIR=$PWD/$IMG_PATHS_PROVENANCE
     export ASL_CAPTURE_DIR
 fi
-STEPS=${ASL_STEPS:-rootfs overlay bootloader iso}
+STEPS=${ASL_STEPS:-builder rootfs overlay bootloader iso}
 
 run_step() {  # run_step NAME [asl-capture options...]
     name=$1
@@ -51,6 +51,11 @@ run_step() {  # run_step NAME [asl-capture options...]
 
 for step in $STEPS; do
     case $step in
+        builder)
+            # the host tools the later steps run, as pinned sources (package, version, files digest)
+            run_step builder -i pipeline/steps/builder.sh -i pipeline/tools/buildertools.py -i "$IMG_PYTHON_PACKAGE" \
+                --exclude '__pycache__' --exclude '*.pyc' \
+                -o "$W/builder" --sources "$W/builder/tools.jsonl" ;;
         rootfs)
             # the sources file is written by the step and read by asl-capture after it exits
             run_step rootfs -i pipeline/steps/rootfs.sh -i pipeline/steps/common.sh \

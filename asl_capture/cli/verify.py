@@ -108,6 +108,15 @@ def _json(directory: Path, checks: list[dict[str, Any]], report: ChainReport | N
     return out
 
 
+def _register() -> None:
+    from asl_capture.cli.rebuild import rebuild_cmd
+
+    cli.add_command(rebuild_cmd)
+
+
+_register()
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="asl-verify")

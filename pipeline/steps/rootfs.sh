@@ -56,10 +56,11 @@ set -- "$@" --skip=essential/unlink \
 # Pinned sources, read while apt's lists are still in the chroot; every file they name is kept by
 # digest in the durable source store (asl-verify rebuild reads it) and each .deb in the cache.
 set -- "$@" --customize-hook="PYTHONPATH=$REPO_Q $PY_Q $REPO_Q/pipeline/tools/aptsources.py pinned --root \"\$1\" --archives \"\$1/var/cache/apt/archives\" --cache $CACHE_Q --store $STORE_Q --out $META_Q/sources.jsonl"
-# What the build host leaks into the root: its hostname and resolv.conf (copied by mmdebstrap), the
+# What the build host leaks into the root: its hostname and resolv.conf (copied by mmdebstrap with the
+# host's modes: removed, then /etc/hostname written afresh, 0644), the
 # mirror URIs (the sources.list mmdebstrap writes; the image is offline, its packages are named by
 # digest in /asl/build-manifest.cbor), and the temporary apt configuration above.
-set -- "$@" --customize-hook="echo $IMG_HOSTNAME > \"\$1/etc/hostname\"; rm -f \"\$1/etc/resolv.conf\" \"\$1/etc/apt/apt.conf.d/00asl-build\" \"\$1\"/etc/apt/sources.list.d/0000*; printf '%s\\n' '# Offline image: no apt sources. The Debian packages it was built from are listed, by' '# SHA-256, in /asl/build-manifest.cbor on the ISO.' > \"\$1/etc/apt/sources.list\""
+set -- "$@" --customize-hook="rm -f \"\$1/etc/hostname\" \"\$1/etc/resolv.conf\" \"\$1/etc/apt/apt.conf.d/00asl-build\" \"\$1\"/etc/apt/sources.list.d/0000*; printf '%s\\n' '# Offline image: no apt sources. The Debian packages it was built from are listed, by' '# SHA-256, in /asl/build-manifest.cbor on the ISO.' > \"\$1/etc/apt/sources.list\"; echo $IMG_HOSTNAME > \"\$1/etc/hostname\"; chmod 0644 \"\$1/etc/hostname\" \"\$1/etc/apt/sources.list\""
 set -- "$@" --customize-hook="for d in /var/lib/apt/lists/partial /var/cache/apt/archives/partial; do mkdir -p \"\$1\$d\" && chroot \"\$1\" chown _apt:root \$d && chmod 0700 \"\$1\$d\"; done"
 mmdebstrap "$@" "$IMG_SUITE" "$ROOTFS" - < "$META/mirrors.list"
 # mmdebstrap's directory output is not clamped: do it here (mksquashfs clamps again later).

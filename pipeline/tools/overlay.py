@@ -20,6 +20,7 @@ import argparse
 import ast
 import os
 import posixpath
+import re
 import shutil
 import stat
 import subprocess
@@ -27,6 +28,7 @@ import sys
 from pathlib import Path
 
 KEEP = ".keep"
+_INSMOD = re.compile(r"^insmod (/.+\.ko(?:\.[a-z0-9]+)?)(?: [^/]*)?$")
 _MAX_LINKS = 40
 
 
@@ -247,9 +249,10 @@ def trim_modules(root: Path, modules: list[str]) -> list[str]:
         except (OSError, subprocess.CalledProcessError) as exc:
             raise OverlayError(f"module {mod}: modprobe --show-depends failed: {exc}") from None
         for line in res.stdout.splitlines():
-            fields = line.split()
-            if fields and fields[0] == "insmod":
-                rel = os.path.relpath(fields[1], base)
+            # "insmod /path/to/mod.ko [options]": the path may hold spaces (the build directory's)
+            m = _INSMOD.match(line)
+            if m:
+                rel = os.path.relpath(m.group(1), base)
                 if rel not in order:
                     order.append(rel)
     keep = set(order)
