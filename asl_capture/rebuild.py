@@ -138,19 +138,23 @@ def _rows(record: StepRecord) -> list[dict[str, dcbor.Value]]:
 
 
 def _last_build(records: list[StepRecord]) -> dict[str, StepRecord]:
-    """The steps of the last build that reached its ``iso`` step, by step name."""
+    """The steps that made the last ISO, by name: the last successful ``iso`` record and, before it,
+    the last record of every other step (a partial re-run, ``ASL_STEPS="overlay iso"``, builds on
+    the rootfs of an earlier session).
+
+    Raises:
+        RebuildError: no successful iso step, or no rootfs or overlay step before it.
+    """
     iso_index = next((i for i in range(len(records) - 1, -1, -1)
                       if records[i].step == "iso" and records[i].status == "ok"), None)
     if iso_index is None:
         raise RebuildError("the record holds no successful iso step: nothing to rebuild")
-    parent = records[iso_index].parent
     steps: dict[str, StepRecord] = {}
     for record in records[: iso_index + 1]:
-        if record.parent == parent:
-            steps[record.step] = record  # the last of each name before the iso step
-    for name in ("rootfs", "overlay", "iso"):
+        steps[record.step] = record
+    for name in ("rootfs", "overlay"):
         if name not in steps:
-            raise RebuildError(f"the record's last build has no {name} step")
+            raise RebuildError(f"the record has no {name} step before its last iso step")
     return steps
 
 
@@ -211,9 +215,11 @@ def _git(args: list[str], *, cwd: Path | None = None) -> subprocess.CompletedPro
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     env["GIT_NO_REPLACE_OBJECTS"] = "1"  # the objects the commit id names, never substitutes
     env["GIT_TERMINAL_PROMPT"] = "0"
+    env["GIT_CONFIG_NOSYSTEM"] = "1"  # no user or system setting (autocrlf, filters...) rewrites the files
+    env["GIT_CONFIG_GLOBAL"] = os.devnull
     try:
-        return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False,
-                              timeout=600)
+        return subprocess.run(["git", "-c", "core.autocrlf=false", "-c", "core.eol=lf", *args], cwd=cwd, env=env,
+                              capture_output=True, text=True, check=False, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise RebuildError(f"git cannot run: {exc}") from None
 
@@ -248,7 +254,11 @@ def _fetch(uri: str, digest: str, store: SourceStore) -> Path:
     """Download ``uri`` into ``store`` if its bytes have ``digest``. Raises RebuildError otherwise."""
     if not uri.startswith(("http://", "https://")):
         raise RebuildError(f"{uri}: not an http(s) URI")
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".fetch-", dir=store.root))
+    try:
+        store.root.mkdir(parents=True, exist_ok=True)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=".fetch-", dir=store.root))
+    except OSError as exc:
+        raise RebuildError(f"{store.root}: cannot write: {exc.strerror}") from None
     tmp = tmp_dir / "download"
     try:
         h = hashlib.sha256()

@@ -10,6 +10,7 @@ also builds only once.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import select
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -99,13 +101,15 @@ def iso_name(repo: Path) -> str:
 
 
 def run_build(repo: Path, *, env: Mapping[str, str] | None = None, umask: int = 0o022,
-              captured: bool = True, key_dir: Path | None = None) -> Build:
-    """Run ``pipeline/build.sh`` in ``repo`` (captured with a fresh key, or bare)."""
+              captured: bool = True, key_dir: Path | None = None, steps: str | None = None) -> Build:
+    """Run ``pipeline/build.sh`` in ``repo`` (captured with a fresh key, or bare; ``steps``: only these)."""
     full = dict(os.environ)
-    full.setdefault("SOURCE_DATE_EPOCH", source_date_epoch())
-    full.update(env or {})
     for var in ("ASL_CAPTURE_DIR", "ASL_CAPTURE_PARENT", "ASL_CAPTURE_KEY", "ASL_STEPS"):
         full.pop(var, None)
+    full.setdefault("SOURCE_DATE_EPOCH", source_date_epoch())
+    full.update(env or {})
+    if steps is not None:
+        full["ASL_STEPS"] = steps
     trust: Path | None = None
     if captured:
         from asl_capture.keys import generate
@@ -145,9 +149,26 @@ def pipeline_build(tmp_path_factory: pytest.TempPathFactory) -> Build:
             _BUILDS["main"] = Build(repo=repo, iso=repo / "out" / iso_name(repo),
                                     provenance=repo / "out" / "provenance", trust=None, seconds=0.0, log="")
         else:
-            repo = copy_tree(tmp_path_factory.mktemp("pipeline") / "a")
+            # a directory every user can enter (the _apt user too), unlike pytest's 0700 temporary tree,
+            # so builds under umask 077 in a root-only directory are compared with a build where apt
+            # could have dropped privileges; a git checkout with one commit, so the record names it
+            top = Path(tempfile.mkdtemp(prefix="asl-pipeline-"))
+            top.chmod(0o755)
+            atexit.register(shutil.rmtree, top, True)
+            repo = commit_tree(copy_tree(top / "a"))
             _BUILDS["main"] = run_build(repo)
     return _BUILDS["main"]
+
+
+def commit_tree(repo: Path) -> Path:
+    """Make ``repo`` a git checkout holding its files in one commit (dated SOURCE_DATE_EPOCH)."""
+    date = f"@{source_date_epoch()} +0000"
+    env = {**os.environ, "GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date, "GIT_CONFIG_NOSYSTEM": "1",
+           "GIT_CONFIG_GLOBAL": os.devnull}
+    for argv in (["init", "-q"], ["add", "-A"],
+                 ["-c", "user.name=pipeline-test", "-c", "user.email=test@invalid", "commit", "-q", "-m", "tree"]):
+        subprocess.run(["git", "-C", str(repo), *argv], check=True, env=env, capture_output=True)
+    return repo
 
 
 def make_data_disk(path: Path, *, label: str = "ASL-DATA", test_mode: bool = True, size_mb: int = 64) -> Path:

@@ -12,11 +12,8 @@ import pytest
 from asl_capture import dcbor
 from tests.integration.pipeline_fixtures import (
     Build,
-    copy_tree,
     extract_from_iso,
     pipeline_build,
-    run_build,
-    sha256_file,
     tools_missing,
 )
 
@@ -37,14 +34,14 @@ def test_build_produces_the_iso_and_a_verified_chain(pipeline_build: Build) -> N
     res = subprocess.run([sys.executable, "-m", "asl_capture.cli.verify", "chain", str(pipeline_build.provenance),
                           "--trust", str(pipeline_build.trust)], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
-    for step in ("rootfs", "overlay", "bootloader", "iso"):
+    for step in ("builder", "rootfs", "overlay", "bootloader", "iso"):
         assert f"{step}: ok" in res.stdout
     tree = json.loads(subprocess.run(
         [sys.executable, "-m", "asl_capture.cli.verify", "chain", str(pipeline_build.provenance), "--trust",
          str(pipeline_build.trust), "--json"], capture_output=True, text=True, check=True).stdout)["steps"]
-    # one outer record (the README's `asl-capture -- ./pipeline/build.sh`) holding the four steps, in order
-    assert len(tree) == 1 and tree[0]["seq"] == 4
-    assert [c["step"] for c in tree[0]["children"]] == ["rootfs", "overlay", "bootloader", "iso"]
+    # one outer record (the README's `asl-capture -- ./pipeline/build.sh`) holding the five steps, in order
+    assert len(tree) == 1 and tree[0]["seq"] == 5
+    assert [c["step"] for c in tree[0]["children"]] == ["builder", "rootfs", "overlay", "bootloader", "iso"]
 
 
 def test_sources_pin_every_package_to_a_signed_index(pipeline_build: Build) -> None:
@@ -78,14 +75,3 @@ def test_build_manifest_in_the_iso(pipeline_build: Build, tmp_path: Path) -> Non
     assert isinstance(files, dict) and set(files) == {"live/vmlinuz", "live/initrd.img", "live/system.squashfs"}
     text = data.decode("latin-1")
     assert str(pipeline_build.repo) not in text and "/tmp" not in text and "deb.debian" not in text
-
-
-def test_two_builds_are_byte_identical(pipeline_build: Build, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Another directory, another time zone and umask, minutes later: the same ISO."""
-    if pipeline_build.trust is None:
-        pytest.skip("reused build")
-    other = copy_tree(tmp_path_factory.mktemp("pipeline-repro") / "b", src=pipeline_build.repo)
-    second = run_build(other, env={"TZ": "Pacific/Kiritimati"}, umask=0o077, captured=False)
-    print(f"\nbuild: captured {pipeline_build.seconds:.1f}s, bare {second.seconds:.1f}s, "
-          f"ratio {pipeline_build.seconds / second.seconds:.2f}, ISO {pipeline_build.iso.stat().st_size >> 20} MiB")
-    assert sha256_file(second.iso) == sha256_file(pipeline_build.iso)
