@@ -18,7 +18,7 @@ import hashlib
 import os
 import stat
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +75,7 @@ class Tool:
                 "version": self.version, "via": f"tool:{self.tool}"}
 
     @classmethod
-    def from_source(cls, row: dict[str, object]) -> Tool | None:
+    def from_source(cls, row: Mapping[str, object]) -> Tool | None:
         """The tool a recorded source row names, or None when it is not a tool row."""
         if row.get("kind") != SOURCE_KIND:
             return None
