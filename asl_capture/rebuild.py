@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -346,8 +347,9 @@ def write_config(src: Path, dest: Path, *, mirror: Path, cache: Path, store: Pat
         raise RebuildError(f"{src}: cannot read the image configuration: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("paths"), dict):
         raise RebuildError(f"{src}: not an image configuration")
-    data["mirror"] = f"copy:{mirror}"
-    data["security_mirror"] = f"copy:{mirror}"
+    uri = "copy:" + urllib.parse.quote(str(mirror))  # apt splits sources.list lines at spaces
+    data["mirror"] = uri
+    data["security_mirror"] = uri
     data["paths"]["cache"] = str(cache)
     data["paths"]["store"] = str(store)
     dest.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
