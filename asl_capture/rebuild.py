@@ -39,9 +39,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asl_capture import builder, chain, cose, dcbor
+from asl_capture import builder, chain, cose
 from asl_capture.errors import AslError, CborError, UsageError, VerificationError
-from asl_capture.record import StepRecord
+from asl_capture.format import Source, StepRecord
 from asl_capture.sourcestore import SourceStore, SourceStoreError, default_root, file_sha256, index_dir
 from asl_capture.store import ProvenanceDir
 
@@ -132,10 +132,9 @@ def read_records(directory: Path) -> list[StepRecord]:
     return records
 
 
-def _rows(record: StepRecord) -> list[dict[str, dcbor.Value]]:
-    """The record's ``sources`` rows (maps only)."""
-    value = record.body.get("sources")
-    return [row for row in value if isinstance(row, dict)] if isinstance(value, list) else []
+def _rows(record: StepRecord) -> tuple[Source, ...]:
+    """The record's ``sources`` (none when absent)."""
+    return record.sources or ()
 
 
 def _last_build(records: list[StepRecord]) -> dict[str, StepRecord]:
@@ -171,44 +170,39 @@ def plan(records: list[StepRecord], *, iso_sha256: str, read_manifest: Callable[
     """
     steps = _last_build(records)
     rootfs = steps["rootfs"]
-    vcs = rootfs.body.get("vcs")
-    if not isinstance(vcs, dict) or not isinstance(vcs.get("commit"), str) or not isinstance(vcs.get("tree"), str):
+    vcs = rootfs.vcs
+    if vcs is None:
         raise RebuildError("the rootfs step records no git commit (built outside a git checkout): cannot rebuild")
-    if vcs.get("dirty") is not False:
-        raise RebuildError(f"the build was made from a dirty tree at commit {vcs['commit']!s}: its source is "
+    if vcs.dirty:
+        raise RebuildError(f"the build was made from a dirty tree at commit {vcs.commit}: its source is "
                            f"not in any commit, so it cannot be rebuilt")
-    epoch = rootfs.body.get("source_date_epoch")
-    if not isinstance(epoch, int) or isinstance(epoch, bool):
+    epoch = rootfs.source_date_epoch
+    if epoch is None:
         raise RebuildError("the rootfs step records no SOURCE_DATE_EPOCH")
     sources: list[tuple[str, str, str]] = []
     for row in _rows(rootfs):
-        kind, uri, digest = row.get("kind"), row.get("uri"), row.get("sha256")
-        if kind not in ("release", "index", "deb") or not isinstance(uri, str) or not isinstance(digest, bytes):
+        if row.kind not in ("release", "index", "deb"):
             continue
-        m = _ARCHIVE_PATH.search(uri)
+        m = _ARCHIVE_PATH.search(row.uri)
         if m is None or ".." in m.group(1).split("/"):
-            raise RebuildError(f"recorded source {uri!r} has no dists/ or pool/ path")
-        sources.append((str(kind), m.group(1), digest.hex()))
+            raise RebuildError(f"recorded source {row.uri!r} has no dists/ or pool/ path")
+        sources.append((row.kind, m.group(1), row.sha256.hex()))
     if not any(k == "deb" for k, _p, _d in sources):
         raise RebuildError("the rootfs step records no Debian packages (sources): cannot rebuild")
     tools: list[builder.Tool] = []
     if "builder" in steps:
         for row in _rows(steps["builder"]):
-            tool = builder.Tool.from_source(dict(row))
+            tool = builder.Tool.from_source(row.to_value())
             if tool is not None:
                 tools.append(tool)
-    outputs = steps["iso"].body["outputs"]
-    manifest = outputs.get("manifest") if isinstance(outputs, dict) else None
-    if not isinstance(manifest, bytes):
-        raise RebuildError("the iso step has no output manifest")
-    isos = [(p, d) for p, d in read_manifest(manifest) if p.endswith(".iso")]
+    isos = [(p, d) for p, d in read_manifest(steps["iso"].outputs.manifest) if p.endswith(".iso")]
     if len(isos) != 1:
         raise RebuildError(f"the iso step's outputs hold {len(isos)} .iso files, expected one")
     label, recorded = isos[0]
     if recorded != iso_sha256:
         raise VerificationError(f"the ISO given (sha256 {iso_sha256}) is not the one the record names "
                                 f"({label}, sha256 {recorded})", check="rebuild")
-    return Plan(commit=str(vcs["commit"]), tree=str(vcs["tree"]), epoch=epoch, sources=tuple(sorted(set(sources))),
+    return Plan(commit=vcs.commit, tree=vcs.tree, epoch=epoch, sources=tuple(sorted(set(sources))),
                 tools=tuple(tools), iso_label=label, iso_sha256=recorded, steps=steps)
 
 
@@ -326,10 +320,9 @@ def lay_out_mirror(p: Plan, mirror: Path, *, stores: list[SourceStore], debs: di
 def _recorded_uris(p: Plan) -> dict[str, str]:
     out: dict[str, str] = {}
     for row in _rows(p.steps["rootfs"]):
-        if isinstance(row.get("uri"), str):
-            m = _ARCHIVE_PATH.search(str(row["uri"]))
-            if m is not None:
-                out[m.group(1)] = str(row["uri"])
+        m = _ARCHIVE_PATH.search(row.uri)
+        if m is not None:
+            out[m.group(1)] = row.uri
     return out
 
 
@@ -430,7 +423,7 @@ def work_prefix(src: Path) -> str:
 
 def manifest_reader(directory: Path) -> Callable[[bytes], list[tuple[str, str]]]:
     """``digest -> [(path, sha256 hex)]`` of the files of a manifest stored in ``directory``."""
-    from asl_capture.manifest import Manifest
+    from asl_capture.format import Manifest
     from asl_capture.store import ObjectStore
 
     store = ObjectStore(ProvenanceDir.existing(directory))

@@ -18,8 +18,7 @@ from pathlib import Path
 
 from asl_capture import dcbor
 from asl_capture.errors import AslError
-from asl_capture.manifest import Entry, Manifest
-from asl_capture.record import StepRecord
+from asl_capture.format import Entry, Manifest, StepRecord
 from asl_capture.store import ObjectStore, ProvenanceDir
 
 MAX_LINES = 25
@@ -27,12 +26,8 @@ DIFFOSCOPE_TIMEOUT = 900
 
 
 def _outputs(prov: Path, record: StepRecord) -> dict[str, Entry]:
-    outputs = record.body["outputs"]
-    digest = outputs.get("manifest") if isinstance(outputs, dict) else None
-    if not isinstance(digest, bytes):
-        return {}
     try:
-        m = Manifest.from_cbor(ObjectStore(ProvenanceDir.existing(prov)).read(digest))
+        m = Manifest.from_cbor(ObjectStore(ProvenanceDir.existing(prov)).read(record.outputs.manifest))
     except AslError:
         return {}
     return {os.fsdecode(e.path): e for e in m.entries}

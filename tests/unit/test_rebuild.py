@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import subprocess
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from asl_capture import dcbor
 from asl_capture.errors import VerificationError
-from asl_capture.manifest import Entry
+from asl_capture.format import Entry, Source, StepRecord, Vcs
 from asl_capture.rebuild import (
     Plan,
     RebuildError,
@@ -22,29 +23,26 @@ from asl_capture.rebuild import (
     plan,
 )
 from asl_capture.rebuildreport import manifest_diff, tree_diff
-from asl_capture.record import StepRecord
 from asl_capture.sourcestore import SourceStore
-from tests.unit.bodies import digest, minimal_body
+from tests.unit.bodies import digest, minimal_record
 
 ISO_SHA = "ab" * 32
 DEB = b"a debian package"
 DEB_URI = "http://deb.example/debian/pool/main/k/kmod/kmod_30-1_amd64.deb"
 
 
-def _record(step: str, run: int, **extra: dcbor.Value) -> StepRecord:
-    body = minimal_body(step, run=run)
-    body.update({"chain": b"C" * 16, "seq": run, "prev": None})
-    body.update(extra)
-    return StepRecord(body=body)
+def _record(step: str, run: int, **changes: object) -> StepRecord:
+    record = minimal_record(step, run=run).linked(chain=b"C" * 16, seq=run, prev=None)
+    return dataclasses.replace(record, **changes)  # type: ignore[arg-type]
 
 
 def _records(*, dirty: bool = False, vcs: bool = True, epoch: bool = True) -> list[StepRecord]:
-    rootfs: dict[str, dcbor.Value] = {
-        "sources": [{"uri": DEB_URI, "sha256": hashlib.sha256(DEB).digest(), "kind": "deb"},
-                    {"uri": "http://deb.example/debian/dists/bookworm/InRelease", "sha256": digest("rel"),
-                     "kind": "release"}]}
+    rootfs: dict[str, object] = {
+        "sources": (Source(uri=DEB_URI, sha256=hashlib.sha256(DEB).digest(), kind="deb"),
+                    Source(uri="http://deb.example/debian/dists/bookworm/InRelease", sha256=digest("rel"),
+                           kind="release"))}
     if vcs:
-        rootfs["vcs"] = {"type": "git", "commit": "c" * 40, "tree": "t" * 40, "dirty": dirty}
+        rootfs["vcs"] = Vcs(commit="c" * 40, tree="t" * 40, dirty=dirty)
     if epoch:
         rootfs["source_date_epoch"] = 1735689600
     return [_record("builder", 0), _record("rootfs", 1, **rootfs), _record("overlay", 2), _record("iso", 3)]
