@@ -53,7 +53,7 @@ for step in $STEPS; do
     case $step in
         builder)
             # the host tools the later steps run, as pinned sources (package, version, files digest)
-            run_step builder -i pipeline/steps/builder.sh -i pipeline/tools/buildertools.py -i "$IMG_PYTHON_PACKAGE" \
+            run_step builder -i pipeline/steps/builder.sh -i pipeline/tools/buildertools.py -i asl_capture \
                 --exclude '__pycache__' --exclude '*.pyc' \
                 -o "$W/builder" --sources "$W/builder/tools.jsonl" ;;
         rootfs)

@@ -8,4 +8,4 @@ ASL_STEP_NAME=builder
 rm -rf "$WORK/builder"
 mkdir -p "$WORK/builder"
 PYTHONPATH=$ASL_REPO${PYTHONPATH:+:$PYTHONPATH} exec "$ASL_PY" pipeline/tools/buildertools.py \
-    --out "$WORK/builder/tools.jsonl" --package "$IMG_PYTHON_PACKAGE"
+    --out "$WORK/builder/tools.jsonl" --package asl_capture
