@@ -79,8 +79,8 @@ def copy_tree(dest: Path, src: Path = REPO) -> Path:
     """Copy the working tree (without build outputs, caches and .git) to ``dest``."""
 
     def skip(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-        parts = Path(info.name).parts
-        skipped = (len(parts) > 1 and parts[1] in _SKIP_TOP) or any(p in _SKIP_ANY for p in parts)
+        parts = Path(info.name).parts  # "./out/x" -> ("out", "x"): Path drops the leading "."
+        skipped = (bool(parts) and parts[0] in _SKIP_TOP) or any(p in _SKIP_ANY for p in parts)
         return None if skipped or info.name.endswith(".pyc") else info
 
     dest.mkdir(parents=True, exist_ok=True)
@@ -162,6 +162,8 @@ def pipeline_build(tmp_path_factory: pytest.TempPathFactory) -> Build:
 
 def commit_tree(repo: Path) -> Path:
     """Make ``repo`` a git checkout holding its files in one commit (dated SOURCE_DATE_EPOCH)."""
+    if (repo / ".git").exists() or (repo / ".git").is_symlink():
+        raise AssertionError(f"{repo} is already a git checkout")
     date = f"@{source_date_epoch()} +0000"
     env = {**os.environ, "GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date, "GIT_CONFIG_NOSYSTEM": "1",
            "GIT_CONFIG_GLOBAL": os.devnull}
