@@ -102,3 +102,10 @@ class RecordWriteError(AslError):
 
 class AgentError(AslError):
     """The signing agent of an enclosing capture cannot be reached or refused a request."""
+
+
+class ReleaseError(AslError):
+    """Publishing was refused: the ISO does not verify, the release key signed the build, the versioning
+    rule, or a release of that version exists already."""
+
+    exit_code = EXIT_FAILED

@@ -54,6 +54,40 @@ def id_cmd(file: Path, passphrase_file: Path | None) -> None:
     click.echo(kid.hex())
 
 
+@cli.command("export", epilog=EPILOG)
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["minisign"]), required=True,
+              help="minisign: the public key file `minisign -V -p FILE` reads.")
+@click.option("--out", type=click.Path(path_type=Path), help="Write it to this file (default: stdout).")
+@click.option("--passphrase-file", type=click.Path(path_type=Path), help="Passphrase for an encrypted private key.")
+def export_cmd(file: Path, fmt: str, out: Path | None, passphrase_file: Path | None) -> None:
+    """Print the public key of a public or private key FILE in another format (never a private key)."""
+    from asl_capture import minisign
+    from asl_capture.cose import raw_public_bytes
+
+    try:
+        try:
+            public = raw_public_bytes(load_public(file))
+        except KeyFileError:
+            passphrase = read_passphrase(passphrase_file=passphrase_file, environ=os.environ)
+            public = load_signer(file, passphrase=passphrase).public_raw()
+    except AslError as exc:
+        click.echo(f"{type(exc).__name__}: {exc}", err=True)
+        sys.exit(2)
+    assert fmt == "minisign"
+    text = minisign.public_key_file(public)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        with open(out, "x", encoding="ascii") as handle:
+            handle.write(text)
+    except OSError as exc:
+        click.echo(f"KeyFileError: {out}: cannot write: {exc.strerror}", err=True)
+        sys.exit(2)
+    click.echo(f"asl-keys: wrote {out}", err=True)
+
+
 def main() -> None:
     """Console entry point."""
     cli(prog_name="asl-keys")

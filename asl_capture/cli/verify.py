@@ -110,8 +110,10 @@ def _json(directory: Path, checks: list[dict[str, Any]], report: ChainReport | N
 
 def _register() -> None:
     from asl_capture.cli.rebuild import rebuild_cmd
+    from asl_capture.cli.verify_release import release_cmd
 
     cli.add_command(rebuild_cmd)
+    cli.add_command(release_cmd)
 
 
 _register()

@@ -11,6 +11,7 @@ in :mod:`asl_capture.format.constants`.
 - :mod:`.checkpoint`: :class:`Checkpoint`, the payload of ``checkpoint.cose``: section 4.1.
 - :mod:`.tree`: :class:`Manifest`, :class:`Entry`, :class:`Changes` and :func:`diff`: section 6.
 - :mod:`.build`: :class:`BuildManifest`, ``/asl/build-manifest.cbor`` in the ISO: section 10.
+- :mod:`.release`: :class:`ReleaseManifest`, ``RELEASE.cbor`` of a release directory: section 11.
 """
 
 from __future__ import annotations
@@ -23,14 +24,18 @@ from asl_capture.format.constants import (
     CHECKPOINT_VERSION,
     MANIFEST_VERSION,
     RECORD_VERSION,
+    RELEASE_CONTENT_TYPE,
+    RELEASE_VERSION,
     STEP_CONTENT_TYPE,
 )
 from asl_capture.format.record import STATUSES, Host, Inputs, Log, Outputs, Source, StepRecord, Vcs
+from asl_capture.format.release import BuildKey, ReleaseFile, ReleaseManifest, Surface
 from asl_capture.format.tree import KINDS, Changes, Entry, Manifest, diff
 
 __all__ = [
     "BUILD_MANIFEST_VERSION", "CHECKPOINT_CONTENT_TYPE", "CHECKPOINT_VERSION", "KINDS", "MANIFEST_VERSION",
-    "RECORD_VERSION", "STATUSES", "STEP_CONTENT_TYPE", "BuildManifest", "BuildSource", "Changes", "Checkpoint",
-    "Entry", "Host", "Inputs", "Log", "Manifest", "Outputs", "Source", "StepRecord", "SystemTree", "TreeDigest",
+    "RECORD_VERSION", "RELEASE_CONTENT_TYPE", "RELEASE_VERSION", "STATUSES", "STEP_CONTENT_TYPE", "BuildKey",
+    "BuildManifest", "BuildSource", "Changes", "Checkpoint", "Entry", "Host", "Inputs", "Log", "Manifest",
+    "Outputs", "ReleaseFile", "ReleaseManifest", "Source", "StepRecord", "Surface", "SystemTree", "TreeDigest",
     "Vcs", "diff",
 ]

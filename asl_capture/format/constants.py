@@ -8,6 +8,8 @@ RECORD_VERSION = 1
 CHECKPOINT_VERSION = 1
 #: ``v`` of a tree manifest and of a change list (section 6).
 MANIFEST_VERSION = 1
+#: ``v`` of the release manifest ``RELEASE.cbor`` (section 11).
+RELEASE_VERSION = 1
 #: ``v`` of the build manifest the ISO carries as ``/asl/build-manifest.cbor`` (section 10).
 BUILD_MANIFEST_VERSION = 1
 
@@ -15,3 +17,5 @@ BUILD_MANIFEST_VERSION = 1
 STEP_CONTENT_TYPE = "application/vnd.asl.step+cbor"
 #: Content type of ``checkpoint.cose``.
 CHECKPOINT_CONTENT_TYPE = "application/vnd.asl.checkpoint+cbor"
+#: Content type of ``RELEASE.cbor``, signed by the release key (never by a build key).
+RELEASE_CONTENT_TYPE = "application/vnd.asl.release+cbor"
