@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
+import signal
 import socket
 import struct
 import sys
@@ -53,6 +54,8 @@ _SERVER_TIMEOUT = 30.0
 _PR_SET_DUMPABLE = 4
 _SOCKET_NAME = "agent.sock"
 _MAX_SUN_PATH = 100  # sockaddr_un.sun_path is 108 bytes on Linux, NUL included
+_HELD_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                           signal.SIGUSR2, signal.SIGALRM})
 
 
 def make_undumpable() -> None:
@@ -196,7 +199,14 @@ class SigningAgent:
         self._wake_r, self._wake_w = os.pipe()
         self.socket_path = path
         self._thread = threading.Thread(target=self._serve, name="asl-signing-agent", daemon=True)
-        self._thread.start()
+        # The agent's threads (and the handler threads they start, which inherit the mask) never take
+        # the signals the capture forwards or holds pending while it writes its record: delivered to
+        # them, SIGTERM's default action would end the process before the record is written.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+        try:
+            self._thread.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         return path
 
     def close(self) -> None:
