@@ -81,8 +81,7 @@ def _reduced_verify(iso: Path, provenance: Path, trusted: Mapping[bytes, Ed25519
     if not found:
         raise VerificationError(f"{iso.name}: no step of the chain produced these bytes (sha256 {digest.hex()})",
                                 check="iso-digest")
-    with open_image(iso) as (build_manifest, _tree):
-        identity = hashlib.sha256(build_manifest).digest()
+    identity = hashlib.sha256(read_build_manifest(iso)).digest()
     return VerifiedIso(sha256=digest, image_identity=identity, chain=report, method="chain + ISO digest")
 
 
@@ -180,6 +179,23 @@ def _squashfs_listing(image: Path) -> dict[str, tuple[str, str | None]]:
             name, target = name.split(" -> ", 1)
         entries[name.lstrip("/")] = (kind, target)
     return entries
+
+
+def read_build_manifest(iso: Path) -> bytes:
+    """The bytes of the ISO's ``/asl/build-manifest.cbor``.
+
+    Raises:
+        UsageError: the ISO has none, or it cannot be read.
+    """
+    with tempfile.TemporaryDirectory(prefix="asl-release-") as tmp:
+        out = Path(tmp) / "build-manifest.cbor"
+        _run([_tool("xorriso"), "-osirrox", "on", "-indev", str(iso), "-extract", "/" + BUILD_MANIFEST_PATH,
+              str(out)], f"reading {iso.name}")
+        if not out.is_file() or out.is_symlink():
+            raise UsageError(f"{iso}: no /{BUILD_MANIFEST_PATH}")
+        if out.stat().st_size > MAX_BUILD_MANIFEST:
+            raise UsageError(f"{iso}: /{BUILD_MANIFEST_PATH} is larger than {MAX_BUILD_MANIFEST} bytes")
+        return out.read_bytes()
 
 
 @contextmanager
