@@ -6,7 +6,9 @@ through publish. The pipeline's own ISO is published and verified in test_releas
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -19,7 +21,7 @@ import pytest
 from asl_capture import chain, cose, dcbor
 from asl_capture.errors import ReleaseError, VerificationError
 from asl_capture.format import Checkpoint, ReleaseManifest, StepRecord
-from asl_capture.keys import generate, load_signer, load_trust
+from asl_capture.keys import generate, load_public, load_signer, load_trust
 from asl_capture.release.image import VerifiedIso, _reduced_verify
 from asl_capture.release.publish import PublishConfig, Published, publish
 from asl_capture.release.surface import VersionRuleError
@@ -351,3 +353,39 @@ def test_cli_exit_codes(released: Released, copy: Path, tmp_path: Path) -> None:
 def test_manifest_round_trips(released: Released) -> None:
     msg = cose.parse(dcbor.decode((released.directory / "RELEASE.cbor").read_bytes(), tags=cose.COSE_TAGS))
     assert ReleaseManifest.from_cbor(msg.payload) == released.published.manifest
+
+
+def test_dsse_envelope_verified_with_pae_from_the_specification(released: Released) -> None:
+    from tests.unit.test_dsse import spec_pae
+
+    d = released.directory
+    [line] = (d / "mini-1.0.0.iso.intoto.jsonl").read_bytes().splitlines()
+    envelope = json.loads(line)
+    payload = base64.b64decode(envelope["payload"])
+    load_public(released.pub).verify(base64.b64decode(envelope["signatures"][0]["sig"]),
+                                      spec_pae(envelope["payloadType"].encode(), payload))
+    statement = json.loads(payload)
+    iso_digest = hashlib.sha256((d / "mini-1.0.0.iso").read_bytes()).hexdigest()
+    assert statement["subject"] == [{"name": "mini-1.0.0.iso", "digest": {"sha256": iso_digest}}]
+    assert envelope["signatures"][0]["keyid"] == load_signer(released.key).kid.hex()
+
+
+@pytest.mark.parametrize("case", ["truncated", "extended", "older-checkpoint"])
+def test_cli_names_chain_tampering(released: Released, copy: Path, case: str) -> None:
+    assert released.build.key is not None
+    signer = load_signer(released.build.key)
+    prov = copy / "provenance"
+    items = chain.read(prov / "chain.cbor").items
+    if case == "truncated":
+        (prov / "chain.cbor").write_bytes(b"".join(i.raw for i in items[:-1]))
+    elif case == "extended":
+        chain.append(ProvenanceDir.existing(prov), signer, builder("late"), new_chain_id=lambda: b"X" * 16)
+    else:
+        older = Checkpoint(chain=_chain_id(items), seq=0, digest=items[0].digest)
+        (prov / "checkpoint.cose").write_bytes(signer.sign_message(
+            older.to_cbor(), content_type="application/vnd.asl.checkpoint+cbor"))
+    result = cli("asl-verify", "release", copy, "--trust", released.pub, env=dict(os.environ))
+    assert result.returncode == 1
+    expected = {"truncated": b"chain truncated", "extended": b"chain extended",
+                "older-checkpoint": b"an older checkpoint was put back"}[case]
+    assert expected in result.stdout, result.stdout
