@@ -66,6 +66,11 @@ def cli(step: str | None, provenance: Path | None, key: Path | None, passphrase_
     if outcome.record.error is not None:
         click.echo(f"asl-capture: {outcome.record.error} (recorded as seq {outcome.seq}, "
                    f"status {outcome.record.status})", err=True)
+    if outcome.record.ephemeral_key is not None:
+        from asl_capture.cose import key_id
+
+        click.echo(f"asl-capture: signed with ephemeral build key {key_id(outcome.record.ephemeral_key).hex()} "
+                   f"(now forgotten; its public key is in record seq {outcome.seq})", err=True)
     sys.exit(outcome.exit_code)
 
 

@@ -133,6 +133,7 @@ def test_ephemeral_key_build_never_writes_its_key_and_names_it_in_the_outer_reco
     assert [r.step for r in records] == ["a", "b", "outer"]
     public = records[-1].ephemeral_key
     assert public is not None and cose.key_id(public) == messages[0].kid
+    assert f"signed with ephemeral build key {messages[0].kid.hex()}".encode() in result.stderr
     assert all(r.ephemeral_key is None for r in records[:2])
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
