@@ -109,3 +109,7 @@ class ReleaseError(AslError):
     rule, or a release of that version exists already."""
 
     exit_code = EXIT_FAILED
+
+
+class ImageError(AslError):
+    """An ISO or squashfs image cannot be read: not an image, truncated, corrupt, or claiming absurd sizes."""
