@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from asl_capture.agent import ENV_AGENT, AgentSigner, SigningAgent, connect
 from asl_capture.context import host_info, read_sources, vcs_info
 from asl_capture.cose import MessageSigner
 from asl_capture.errors import AslError, CaptureError, RecordWriteError, UsageError
-from asl_capture.format import Inputs, Log, Manifest, Outputs, Source, StepRecord, Vcs, diff
+from asl_capture.format import Attachment, Inputs, Log, Manifest, Outputs, Source, StepRecord, Vcs, diff
 from asl_capture.hashing import Hasher
 from asl_capture.keys import (
     PASSPHRASE_ENV,
@@ -30,7 +31,7 @@ from asl_capture.keys import (
     load_signer,
     read_passphrase,
 )
-from asl_capture.manifest import Excluder, snapshot
+from asl_capture.manifest import Excluder, label_for, snapshot
 from asl_capture.projectconfig import ProjectConfig
 from asl_capture.runner import RunResult, release_signals, run
 from asl_capture.statcache import StatCache
@@ -63,6 +64,7 @@ class CaptureConfig:
     excludes: tuple[str, ...] = ()
     root: Path | None = None
     sources_file: Path | None = None
+    attach: tuple[Path, ...] = ()
     forward_output: bool = True
     progress: Callable[[str], None] | None = field(default=None, compare=False)
 
@@ -245,6 +247,12 @@ def _record(config: CaptureConfig, b: _Before, result: RunResult) -> CaptureOutc
             sources = read_sources(sources_path)
         except AslError as exc:
             errors.append(str(exc))
+    attached: list[Attachment] = []
+    for path in config.attach:
+        try:
+            attached += attach(store, _abs(path, cwd), cwd)
+        except AslError as exc:
+            errors.append(str(exc))
     b.cache.save(b.prov.statcache)
 
     changes = diff(outputs_before, outputs_after)
@@ -257,12 +265,47 @@ def _record(config: CaptureConfig, b: _Before, result: RunResult) -> CaptureOutc
     draft = _draft(config, b, result, errors, trees, sources)
     if isinstance(b.signer, Signer) and b.signer.path is None:  # --ephemeral-key: the auditor needs its key
         draft = dataclasses.replace(draft, ephemeral_key=b.signer.public_raw())
+    if config.attach:
+        draft = dataclasses.replace(draft, attached=tuple(attached))
     try:
         record, _item = chain.append(b.prov, b.signer, lambda _head: draft,
                                      new_chain_id=lambda: secrets.token_bytes(16))
     except AslError as exc:
         raise RecordWriteError(f"the command ran but its record could not be appended: {exc}") from None
     return CaptureOutcome(exit_code=_exit_code(result, errors), record=record, seq=record.seq)
+
+
+def attach(store: ObjectStore, path: Path, cwd: Path) -> list[Attachment]:
+    """Store the bytes of ``path`` (a file, or every regular file under a directory, sorted; symlinks
+    are not followed) as objects; return their ``{"path", "digest", "size"}`` entries for the record.
+
+    Raises:
+        CaptureError: the path is missing, not a file or directory, or unreadable.
+        StoreError: an object cannot be written.
+    """
+    files: list[Path] = []
+    try:
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode):
+            for dirpath, dirnames, filenames in os.walk(path):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    full = Path(dirpath, name)
+                    if stat.S_ISREG(os.lstat(full).st_mode):
+                        files.append(full)
+        elif stat.S_ISREG(st.st_mode):
+            files.append(path)
+        else:
+            raise CaptureError(f"{path}: --attach takes a regular file or a directory")
+        out: list[Attachment] = []
+        for full in files:
+            with open(full, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as handle:
+                data = handle.read()
+            out.append(Attachment(path=_text(os.fsdecode(label_for(full, cwd))), digest=store.put(data),
+                                  size=len(data)))
+    except OSError as exc:
+        raise CaptureError(f"{path}: cannot attach: {exc.strerror}") from None
+    return out
 
 
 class _Progress:

@@ -44,16 +44,19 @@ captures nested in it sign, while it runs); never the key's path or passphrase.
               help="Snapshot root when no -i/-o is given (default: the working directory).")
 @click.option("--sources", "sources_file", type=click.Path(path_type=Path),
               help="JSON Lines file the step writes, listing what it took from outside (recorded as sources).")
+@click.option("--attach", "attach", multiple=True, type=click.Path(path_type=Path),
+              help="After the step, store the bytes of this file (or of every file under this directory) as "
+                   "objects named in the record (repeatable).")
 @click.argument("command", nargs=-1, required=False, type=click.UNPROCESSED)
 def cli(step: str | None, provenance: Path | None, key: Path | None, passphrase_file: Path | None,
         ephemeral_key: bool, inputs: tuple[Path, ...], outputs: tuple[Path, ...], excludes: tuple[str, ...],
-        root: Path | None, sources_file: Path | None, command: tuple[str, ...]) -> None:
+        root: Path | None, sources_file: Path | None, attach: tuple[Path, ...], command: tuple[str, ...]) -> None:
     """Run CMD, hash what it read and wrote, and append a signed provenance record."""
     progress = (lambda msg: click.echo(f"\r{msg}", err=True, nl=False)) if sys.stderr.isatty() else None
     config = CaptureConfig(
         argv=command, environ=dict(os.environ), cwd=Path.cwd(), step=step, provenance=provenance, key=key,
         passphrase_file=passphrase_file, ephemeral_key=ephemeral_key, inputs=inputs, outputs=outputs,
-        excludes=excludes, root=root, sources_file=sources_file, progress=progress,
+        excludes=excludes, root=root, sources_file=sources_file, attach=attach, progress=progress,
     )
     try:
         outcome = capture(config, notify=lambda msg: click.echo(msg, err=True))

@@ -166,9 +166,28 @@ class Source:
                    version=c.optional_text(body, "version", where), size=c.optional_uint(body, "size", where))
 
 
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """One file a step stored whole as an object (``asl-capture --attach``): its path, digest and size."""
+
+    path: str | bytes
+    digest: bytes
+    size: int
+
+    def to_value(self) -> dict[str, Value]:
+        return {"path": self.path, "digest": self.digest, "size": self.size}
+
+    @classmethod
+    def from_value(cls, value: Value, where: str) -> Attachment:
+        body = c.fields(value, where, ("path", "digest", "size"))
+        return cls(path=c.text_or_bytes(body["path"], c.at(where, "path")),
+                   digest=c.digest(body["digest"], c.at(where, "digest")),
+                   size=c.uint(body["size"], c.at(where, "size")))
+
+
 _REQUIRED = ("v", "chain", "seq", "prev", "id", "parent", "step", "argv", "cwd", "env", "started", "finished",
              "exit", "status", "inputs", "outputs", "stdout", "stderr", "host")
-_OPTIONAL = ("source_date_epoch", "sources", "vcs", "error", "signals", "ephemeral_key")
+_OPTIONAL = ("source_date_epoch", "sources", "vcs", "error", "signals", "ephemeral_key", "attached")
 #: Size of an Ed25519 public key, as ``ephemeral_key`` carries it.
 PUBLIC_KEY_SIZE = 32
 
@@ -202,6 +221,7 @@ class StepRecord:
     signals: tuple[int, ...] | None = None
     #: The raw public key of the in-memory key this (outermost) capture made with --ephemeral-key.
     ephemeral_key: bytes | None = None
+    attached: tuple[Attachment, ...] | None = None
 
     REQUIRED: ClassVar[tuple[str, ...]] = _REQUIRED
     OPTIONAL: ClassVar[tuple[str, ...]] = _OPTIONAL
@@ -211,9 +231,9 @@ class StepRecord:
         return dataclasses.replace(self, chain=chain, seq=seq, prev=prev)
 
     def object_digests(self) -> list[bytes]:
-        """Every object this record references (manifests, change list, logs), in field order."""
+        """Every object this record references (manifests, change list, logs, attachments), in field order."""
         return [self.inputs.manifest, self.outputs.manifest, self.outputs.before, self.outputs.changes,
-                self.stdout.digest, self.stderr.digest]
+                self.stdout.digest, self.stderr.digest, *(a.digest for a in self.attached or ())]
 
     def to_value(self) -> dict[str, Value]:
         out: dict[str, Value] = {
@@ -231,6 +251,8 @@ class StepRecord:
         if self.signals is not None:
             out["signals"] = list(self.signals)
         c.put(out, "ephemeral_key", self.ephemeral_key)
+        if self.attached is not None:
+            out["attached"] = [a.to_value() for a in self.attached]
         return out
 
     def to_cbor(self) -> bytes:
@@ -287,5 +309,8 @@ class StepRecord:
                      if "signals" in body else None),
             ephemeral_key=(c.bstr(body["ephemeral_key"], "ephemeral_key", PUBLIC_KEY_SIZE)
                            if "ephemeral_key" in body else None),
+            attached=(tuple(Attachment.from_value(a, c.index("attached", i))
+                            for i, a in enumerate(c.array(body["attached"], "attached")))
+                      if "attached" in body else None),
         )
 

@@ -560,3 +560,28 @@ def test_bad_or_missing_sources_fail_the_step_but_keep_its_record(
     assert record.status == "failed" and record.exit == 0
     assert error in str(record.error)
     assert record.sources is None
+
+
+# --- attachments ------------------------------------------------------------------------------------------
+
+
+def test_attached_files_are_stored_as_objects(cli_env: dict[str, str], keypair: KeyPair, work: Path) -> None:
+    script = "mkdir -p meta/sub && printf signed > meta/InRelease && printf idx > meta/sub/Packages && " \
+             "ln -s InRelease meta/link && printf one > single"
+    result = cli("asl-capture", "--attach", "meta", "--attach", "single", "--", "sh", "-c", script,
+                 env=cli_env, cwd=work)
+    assert result.returncode == 0, result.stderr
+    [record] = read_records(prov_of(cli_env), keypair.pub)
+    prov = prov_of(cli_env)
+    got = {a.path: object_bytes(prov, a.digest) for a in record.attached or ()}
+    assert got == {"meta/InRelease": b"signed", "meta/sub/Packages": b"idx", "single": b"one"}  # no symlink
+    assert cli("asl-verify", "chain", prov, "--trust", keypair.pub, env=cli_env).returncode == 0
+
+
+def test_missing_attachment_fails_the_step_but_keeps_its_record(
+        cli_env: dict[str, str], keypair: KeyPair, work: Path) -> None:
+    result = cli("asl-capture", "--attach", "nothing-here", "--", "true", env=cli_env, cwd=work)
+    assert result.returncode == 125
+    [record] = read_records(prov_of(cli_env), keypair.pub)
+    assert record.status == "failed" and "nothing-here: cannot attach" in str(record.error)
+    assert record.attached == ()

@@ -13,7 +13,7 @@ import pytest
 
 from asl_capture import dcbor
 from asl_capture.errors import CborError, FormatError
-from asl_capture.format import RECORD_VERSION, STATUSES, Host, Source, StepRecord, Vcs
+from asl_capture.format import RECORD_VERSION, STATUSES, Attachment, Host, Source, StepRecord, Vcs
 from tests.unit.bodies import digest, full_body, full_record
 
 FieldPath = tuple[str | int, ...]
@@ -32,6 +32,7 @@ def optional_body() -> dict[str, dcbor.Value]:
         "sources": [{"uri": "http://deb.debian.org/x.deb", "sha256": digest("deb"), "kind": "deb",
                      "via": "http://deb.debian.org/InRelease", "name": "x", "version": "1", "size": 7}],
         "cwd": b"/non-utf8-\xff", "argv": ["tool", b"\xff"], "ephemeral_key": b"E" * 32,
+        "attached": [{"path": "out/InRelease", "digest": digest("inrelease"), "size": 12}],
     })
     return body
 
@@ -57,6 +58,8 @@ def test_optional_fields_typed_and_round_trip() -> None:
                                      via="http://deb.debian.org/InRelease", name="x", version="1", size=7),)
     assert record.signals == (15,) and record.source_date_epoch == 1_700_000_000
     assert record.ephemeral_key == b"E" * 32
+    assert record.attached == (Attachment(path="out/InRelease", digest=digest("inrelease"), size=12),)
+    assert digest("inrelease") in record.object_digests()
     assert set(body) == set(StepRecord.REQUIRED) | set(StepRecord.OPTIONAL)
 
 
@@ -162,6 +165,8 @@ WRONG: list[tuple[FieldPath, dcbor.Value]] = [
     (("ephemeral_key",), b"E" * 31), (("ephemeral_key",), "E" * 32), (("ephemeral_key",), None),
     (("vcs",), "git"), (("vcs",), []), (("vcs",), None), (("vcs", "type"), "hg"), (("vcs", "type"), None),
     (("vcs", "commit"), b"a"), (("vcs", "tree"), 1), (("vcs", "dirty"), 0), (("vcs", "dirty"), "no"),
+    (("attached",), "x"), (("attached",), None), (("attached", 0), "x"), (("attached", 0, "path"), 5),
+    (("attached", 0, "digest"), b"short"), (("attached", 0, "digest"), None), (("attached", 0, "size"), -1),
 ]
 
 
