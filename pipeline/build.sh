@@ -15,7 +15,10 @@ cd "$(dirname "$0")/.."
 umask 022
 TZ=UTC
 LC_ALL=C
-export TZ LC_ALL
+# No .pyc files appear in the checkout or the image while building: every path stays recorded,
+# none has to be excluded from a snapshot.
+PYTHONDONTWRITEBYTECODE=1
+export TZ LC_ALL PYTHONDONTWRITEBYTECODE
 ASL_PY=${ASL_PYTHON:-python3}
 ASL_IMAGE_CONFIG=${ASL_IMAGE_CONFIG:-pipeline/image.yaml}
 export ASL_IMAGE_CONFIG
@@ -60,20 +63,23 @@ for step in $STEPS; do
             # the sources file is written by the step and read by asl-capture after it exits
             run_step rootfs -i pipeline/steps/rootfs.sh -i pipeline/steps/common.sh \
                 -i pipeline/tools/aptsources.py -i pipeline/tools/imageconfig.py -i "$ASL_IMAGE_CONFIG" \
-                -o "$W/rootfs" -o "$W/rootfs-meta" --sources "$W/rootfs-meta/sources.jsonl" ;;
+                -o "$W/rootfs" -o "$W/rootfs-meta" --sources "$W/rootfs-meta/sources.jsonl" \
+                --attach "$W/rootfs-meta/debian" ;;
         overlay)
             run_step overlay -i pipeline/steps/overlay.sh -i pipeline/tools/overlay.py \
-                -i "$IMG_PATHS_OVERLAY" -i "$IMG_PYTHON_PACKAGE" -i "$IMG_PYTHON_SHARED" -i "$W/rootfs" -i "$ASL_IMAGE_CONFIG" \
-                --exclude '__pycache__' --exclude '*.pyc' \
+                -i "$IMG_PATHS_OVERLAY" -i "$IMG_PYTHON_PACKAGE" -i "$IMG_PYTHON_SHARED" -i "$W/rootfs" \
+                -i "$ASL_IMAGE_CONFIG" \
                 -o "$W/isoroot" -o "$W/overlay-staged" ;;
         bootloader)
             run_step bootloader -i pipeline/steps/bootloader.sh -i "$ASL_IMAGE_CONFIG" \
                 -o "$W/bootloader" ;;
         iso)
             run_step iso -i pipeline/steps/iso.sh -i pipeline/initramfs -i pipeline/tools/buildmanifest.py \
+                -i pipeline/tools/isocontents.py -i "$IMG_PYTHON_SHARED" \
                 -i pipeline/tools/fixed-bin -i "$W/isoroot" -i "$W/overlay-staged" -i "$W/bootloader" \
                 -i "$W/rootfs-meta/sources.jsonl" -i "$ASL_IMAGE_CONFIG" \
-                -o "$W/isofs" -o "$W/initramfs" -o "$ISO" ;;
+                -o "$W/isofs" -o "$W/initramfs" -o "$W/iso-contents.cbor" -o "$ISO" \
+                --attach "$W/iso-contents.cbor" ;;
         *) echo "build: unknown step $step" >&2; exit 2 ;;
     esac
 done

@@ -14,14 +14,15 @@ for d in "$ISOROOT" "$WORK/bootloader" "$WORK/overlay-staged"; do
 done
 [ -f "$META/sources.jsonl" ] || die "$META/sources.jsonl missing: run the rootfs step first"
 KVER=$(kernel_release "$ISOROOT")
-rm -rf "$ISOFS" "$INITRD" "$ISO"
+SQUASHFS_COMP=xz
+rm -rf "$ISOFS" "$INITRD" "$ISO" "$WORK/iso-contents.cbor"
 mkdir -p "$ISOFS/live" "$ISOFS/asl" "$INITRD/bin" "$OUT"
 cp -R "$WORK/bootloader/." "$ISOFS/"
 
 # 1. The read-only system image. mksquashfs refuses SOURCE_DATE_EPOCH together with -all-time.
 step_log "mksquashfs ($(du -sh "$ISOROOT" | cut -f1))"
 env -u SOURCE_DATE_EPOCH mksquashfs "$ISOROOT" "$ISOFS/live/system.squashfs" -noappend -no-progress \
-    -comp xz -mkfs-time "$SOURCE_DATE_EPOCH" -all-time "$SOURCE_DATE_EPOCH" >/dev/null
+    -comp "$SQUASHFS_COMP" -mkfs-time "$SOURCE_DATE_EPOCH" -all-time "$SOURCE_DATE_EPOCH" >/dev/null
 cp "$ISOROOT/boot/vmlinuz-$KVER" "$ISOFS/live/vmlinuz"
 SQUASH_SHA=$(sha256sum "$ISOFS/live/system.squashfs" | cut -d' ' -f1)
 printf '%s %s %s\n' "$IMG_NAME" "$IMG_VERSION" "$SQUASH_SHA" > "$ISOFS/asl/image-id"
@@ -67,4 +68,10 @@ PATH=$ASL_REPO/pipeline/tools/fixed-bin:$PATH grub-mkrescue --locales= --fonts= 
     -volid ASL_AUTH_HOST 2>"$WORK/grub-mkrescue.log" \
     || { cat "$WORK/grub-mkrescue.log" >&2; die "grub-mkrescue failed"; }
 chmod 0644 "$ISO"
+
+# 5. What grub-mkrescue added beside the tree it was given, the system area, and the owners of the
+# squashfs tree: stored with the step's record (--attach), so every file of the ISO is accounted for.
+PYTHONPATH=$ASL_REPO${PYTHONPATH:+:$PYTHONPATH} "$ASL_PY" pipeline/tools/isocontents.py \
+    --iso "$ISO" --tree "$ISOFS" --system "$ISOROOT" --squashfs live/system.squashfs \
+    --compression "$SQUASHFS_COMP" --out "$WORK/iso-contents.cbor"
 step_log "$ISO: $(du -h "$ISO" | cut -f1), sha256 $(sha256sum "$ISO" | cut -d' ' -f1)"

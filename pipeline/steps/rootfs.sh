@@ -1,7 +1,8 @@
 #!/bin/sh
 # Step 1, rootfs: a minimal Debian root (mmdebstrap --variant=minbase) with the kernel and the
 # Debian packages of our runtime dependencies. Writes out/work/rootfs and out/work/rootfs-meta/
-# (sources.jsonl: every .deb, Packages index and InRelease with its SHA-256; mirrors.list).
+# (sources.jsonl: every .deb, Packages index, InRelease and keyring with its SHA-256; mirrors.list;
+# debian/: the InRelease, Packages and keyring files themselves, attached to the step's record).
 ASL_STEP_NAME=rootfs
 . pipeline/steps/common.sh
 ROOTFS=$WORK/rootfs
@@ -55,7 +56,7 @@ set -- "$@" --skip=essential/unlink \
     --setup-hook="mkdir -p \"\$1/var/cache/apt/archives/\" && find $CACHE_Q -maxdepth 1 -type f -name '*.deb' -exec cp -t \"\$1/var/cache/apt/archives/\" {} +"
 # Pinned sources, read while apt's lists are still in the chroot; every file they name is kept by
 # digest in the durable source store (asl-verify rebuild reads it) and each .deb in the cache.
-set -- "$@" --customize-hook="PYTHONPATH=$REPO_Q $PY_Q $REPO_Q/pipeline/tools/aptsources.py pinned --root \"\$1\" --archives \"\$1/var/cache/apt/archives\" --cache $CACHE_Q --store $STORE_Q --out $META_Q/sources.jsonl"
+set -- "$@" --customize-hook="PYTHONPATH=$REPO_Q $PY_Q $REPO_Q/pipeline/tools/aptsources.py pinned --root \"\$1\" --archives \"\$1/var/cache/apt/archives\" --cache $CACHE_Q --store $STORE_Q --out $META_Q/sources.jsonl --save $META_Q/debian --mirrors $META_Q/mirrors.list"
 # What the build host leaks into the root: its hostname and resolv.conf (copied by mmdebstrap with the
 # host's modes: removed, then /etc/hostname written afresh, 0644), the
 # mirror URIs (the sources.list mmdebstrap writes; the image is offline, its packages are named by

@@ -14,7 +14,10 @@ sources as JSON Lines: every installed ``.deb`` with its SHA-256 as listed in th
 listed in InRelease (checked against the downloaded file), and each InRelease file with its own
 SHA-256. With ``--store``, every one of those files is also kept in the durable source store
 (``STORE/<sha256 hex>``, see :mod:`asl_capture.sourcestore`), and with ``--cache`` each ``.deb`` in the flat
-package cache that the next build copies into apt's archive directory.
+package cache that the next build copies into apt's archive directory. Each keyring apt trusted (the
+``signed-by`` files of ``--mirrors``) is listed too (``kind`` ``keyring``), and with ``--save DIR`` the
+InRelease, Packages and keyring files are copied into DIR, which the rootfs step attaches to its
+record (``asl-capture --attach``) so that ``asl-verify iso`` checks Debian's signatures offline.
 
 Errors: one line on stderr, exit status 2 (bad configuration) or 1 (a digest does not match).
 """
@@ -191,8 +194,34 @@ def _release_sha256(text: str) -> dict[str, str]:
     return out
 
 
+def _save(path: Path, save: Path | None, name: str) -> None:
+    """Copy ``path`` to ``save/name`` (the step attaches that directory: the bytes become provenance objects)."""
+    if save is not None:
+        save.mkdir(parents=True, exist_ok=True)
+        (save / name).write_bytes(path.read_bytes())
+
+
+def keyrings(mirrors: Path | None, root: Path) -> list[Path]:
+    """The keyrings apt trusted: each ``signed-by`` of the mirror lines, else the root's trusted.gpg.d."""
+    found: list[Path] = []
+    if mirrors is not None:
+        for line in mirrors.read_text(encoding="utf-8").splitlines():
+            m = re.search(r"signed-by=([^\s\]]+)", line)
+            if m and Path(m.group(1)) not in found:
+                found.append(Path(m.group(1)))
+    if not found:
+        parts = root / "etc/apt/trusted.gpg.d"
+        found = sorted(p for p in parts.iterdir() if p.suffix in (".gpg", ".asc")) if parts.is_dir() else []
+        if (root / "etc/apt/trusted.gpg").is_file():
+            found.append(root / "etc/apt/trusted.gpg")
+    for path in found:
+        if not path.is_file():
+            raise SourcesError(f"keyring {path} (signed-by of the mirror lines) not found")
+    return found
+
+
 def pinned(root: Path, archives: Path, *, store: Path | None = None, cache: Path | None = None,
-           ) -> list[dict[str, str]]:
+           save: Path | None = None, mirrors: Path | None = None) -> list[dict[str, str]]:
     """The pinned sources of an installed root whose apt lists are still present.
 
     ``archives`` holds the ``.deb`` files apt installed; they, the InRelease files and the Packages
@@ -237,6 +266,8 @@ def pinned(root: Path, archives: Path, *, store: Path | None = None, cache: Path
             raise DigestMismatch(f"{uri}: sha256 {actual} but InRelease lists {listed}")
         keep[rel_digest] = inrelease
         keep[actual] = local
+        _save(inrelease, save, inrelease.name)
+        _save(local, save, local.name)
         records.append({"uri": uri, "sha256": actual, "kind": "index", "via": rel_uri})
         for st in _stanzas(local.read_text(encoding="utf-8", errors="replace")):
             key = (st.get("Package", ""), st.get("Version", ""), st.get("Architecture", ""))
@@ -252,6 +283,9 @@ def pinned(root: Path, archives: Path, *, store: Path | None = None, cache: Path
         raise SourcesError(f"installed but not found in any index with a matching cached .deb: "
                            f"{' '.join('='.join(k[:2]) for k in missing[:5])}")
     records += sorted(found.values(), key=lambda r: r["uri"])
+    for ring in keyrings(mirrors, root):
+        records.append({"uri": ring.absolute().as_uri(), "sha256": _sha256_file(ring), "kind": "keyring"})
+        _save(ring, save, "keyring_" + ring.name)
     if store is not None:
         from asl_capture.sourcestore import SourceStore  # PYTHONPATH = the repository (rootfs.sh)
 
@@ -294,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path)
     p.add_argument("--store", type=Path)
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--save", type=Path, help="copy InRelease, Packages and keyrings here")
+    p.add_argument("--mirrors", type=Path, help="the mirror lines given to mmdebstrap (for signed-by)")
+    p.add_argument("--save", type=Path, help="copy InRelease, Packages and keyrings here")
+    p.add_argument("--mirrors", type=Path, help="the mirror lines given to mmdebstrap (for signed-by)")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "mirrors":
@@ -301,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                                      args.mirror or None, args.security_mirror or None):
                 sys.stdout.write(line + "\n")
         else:
-            rows = pinned(args.root, args.archives, store=args.store, cache=args.cache)
+            rows = pinned(args.root, args.archives, store=args.store, cache=args.cache, save=args.save,
+                          mirrors=args.mirrors)
             args.out.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
             debs = sum(1 for r in rows if r["kind"] == "deb")
             sys.stderr.write(f"aptsources: {len(rows)} pinned sources ({debs} packages) -> {args.out}\n")

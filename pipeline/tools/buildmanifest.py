@@ -32,6 +32,8 @@ def build_sources(path: Path) -> tuple[BuildSource, ...]:
     """
     rows: set[BuildSource] = set()
     for source in read_sources(path):
+        if source.kind not in ("release", "index", "deb"):
+            continue  # keyrings are local files, not archive paths
         m = _ARCHIVE_PATH.search(source.uri)
         if m is None:
             raise ValueError(f"{path}: uri has no dists/ or pool/ part: {source.uri}")
