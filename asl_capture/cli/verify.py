@@ -110,8 +110,11 @@ def _json(directory: Path, checks: list[dict[str, Any]], report: ChainReport | N
 
 def _register() -> None:
     from asl_capture.cli.rebuild import rebuild_cmd
+    from asl_capture.cli.verify_iso import iso_cmd, show_cmd
     from asl_capture.cli.verify_release import release_cmd
 
+    cli.add_command(iso_cmd)
+    cli.add_command(show_cmd)
     cli.add_command(rebuild_cmd)
     cli.add_command(release_cmd)
 

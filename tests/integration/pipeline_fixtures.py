@@ -146,8 +146,10 @@ def pipeline_build(tmp_path_factory: pytest.TempPathFactory) -> Build:
         reuse = os.environ.get("ASL_TEST_REPO_BUILD")
         if reuse:
             repo = Path(reuse)
+            trust = os.environ.get("ASL_TEST_REPO_TRUST")  # the build's public key, when its tests need one
             _BUILDS["main"] = Build(repo=repo, iso=repo / "out" / iso_name(repo),
-                                    provenance=repo / "out" / "provenance", trust=None, seconds=0.0, log="")
+                                    provenance=repo / "out" / "provenance", trust=Path(trust) if trust else None,
+                                    seconds=0.0, log="")
         else:
             # a directory every user can enter (the _apt user too), unlike pytest's 0700 temporary tree,
             # so builds under umask 077 in a root-only directory are compared with a build where apt

@@ -1,0 +1,151 @@
+"""``asl-verify show``: the records of a chain in human terms (and as JSON-ready values).
+
+Times are UTC ISO 8601, digests hex, durations in seconds, sources counted by kind, the environment
+as recorded (names whose values were withheld show ``(not recorded)``). Without trusted keys the
+records are decoded but their signatures are not checked, and the caller says so.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from asl_capture import chain, cose, dcbor
+from asl_capture.errors import CborError, ChainError, UsageError, VerificationError
+from asl_capture.record import StepRecord
+from asl_capture.store import ProvenanceDir
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+
+def load(directory: Path, trusted: dict[bytes, Ed25519PublicKey] | None) -> tuple[list[StepRecord], bool]:
+    """The records of the chain, and whether they were verified (with ``trusted``) or only decoded.
+
+    Raises:
+        StoreError: no provenance directory or chain there.
+        VerificationError: with ``trusted``, the chain does not verify; without, a record cannot be decoded.
+    """
+    if trusted is not None:
+        from asl_capture.verify import verify_chain
+
+        return list(verify_chain(directory, trusted).records), True
+    prov = ProvenanceDir.existing(directory)
+    try:
+        scan = chain.read(prov.chain)
+    except ChainError as exc:
+        raise VerificationError(str(exc), check="decode") from None
+    records: list[StepRecord] = []
+    for index, item in enumerate(scan.items):
+        try:
+            records.append(StepRecord.from_cbor(cose.parse(item.value).payload))
+        except (CborError, VerificationError) as exc:
+            raise VerificationError(str(exc), check="decode", record=index) from None
+    return records, False
+
+
+def utc(ns: int) -> str:
+    """Nanoseconds since the epoch as UTC ISO 8601 (milliseconds)."""
+    moment = datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def jsonable(value: dcbor.Value) -> Any:
+    """CBOR values as JSON: byte strings as hex."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, list):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, dcbor.Tag):
+        return {"tag": value.tag, "value": jsonable(value.value)}
+    return value
+
+
+def _kinds(record: StepRecord) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    sources = record.body.get("sources")
+    for s in sources if isinstance(sources, list) else []:
+        if isinstance(s, dict):
+            kind = str(s.get("kind"))
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def summary(record: StepRecord, seqs: dict[bytes, int]) -> dict[str, Any]:
+    """One record as JSON-ready values in human terms."""
+    b = record.body
+    out: dict[str, Any] = {
+        "seq": record.seq, "step": record.step, "status": record.status, "exit": record.exit,
+        "id": record.id.hex(), "parent_seq": seqs.get(record.parent) if record.parent else None,
+        "started": utc(record.started), "finished": utc(record.finished),
+        "duration_s": round((record.finished - record.started) / 1e9, 3),
+        "argv": jsonable(b["argv"]), "cwd": jsonable(b["cwd"]), "env": jsonable(b["env"]),
+        "inputs": jsonable(b["inputs"]), "outputs": jsonable(b["outputs"]),
+        "stdout": jsonable(b["stdout"]), "stderr": jsonable(b["stderr"]), "host": jsonable(b["host"]),
+        "sources_by_kind": _kinds(record),
+        "attached": [{"path": os.fsdecode(p) if isinstance(p, bytes) else p, "sha256": d.hex(), "size": s}
+                     for p, d, s in record.attachments()],
+    }
+    for key in ("vcs", "error", "signals"):
+        if key in b:
+            out[key] = jsonable(b[key])
+    sde = b.get("source_date_epoch")
+    if isinstance(sde, int):
+        out["source_date_epoch"] = {"value": sde, "utc": utc(sde * 10**9).replace(".000Z", "Z")}
+    return out
+
+
+def lines(s: dict[str, Any], *, full: bool) -> list[str]:
+    """Human lines for one record summary; ``full`` adds the environment and every attachment."""
+    parent = f", inside record {s['parent_seq']}" if s["parent_seq"] is not None else ""
+    out = [f"record {s['seq']}: {s['step']}  {s['status']} (exit {s['exit']}){parent}",
+           f"  when      {s['started']} .. {s['finished']} ({s['duration_s']:.3f} s)",
+           f"  command   {' '.join(str(a) for a in s['argv'])}",
+           f"  cwd       {s['cwd']}"]
+    i, o = s["inputs"], s["outputs"]
+    out.append(f"  inputs    {i.get('entries')} paths, {i.get('files')} files (manifest {i.get('manifest')})")
+    out.append(f"  outputs   {o.get('entries')} paths, {o.get('files')} files; created {o.get('created')}, "
+               f"modified {o.get('modified')}, deleted {o.get('deleted')} (manifest {o.get('manifest')})")
+    out.append(f"  logs      stdout {s['stdout'].get('size')} bytes, stderr {s['stderr'].get('size')} bytes")
+    h = s["host"]
+    out.append(f"  host      {h.get('hostname')}, {h.get('machine')}, kernel {h.get('kernel')}, {h.get('tool')}, "
+               f"Python {h.get('python')}")
+    if "source_date_epoch" in s:
+        out.append(f"  SOURCE_DATE_EPOCH {s['source_date_epoch']['value']} ({s['source_date_epoch']['utc']})")
+    if "vcs" in s:
+        v = s["vcs"]
+        out.append(f"  source    git commit {v.get('commit')} tree {v.get('tree')}"
+                   f"{' (uncommitted changes)' if v.get('dirty') else ' (clean)'}")
+    if s["sources_by_kind"]:
+        counted = ", ".join(f"{n} {k}" for k, n in sorted(s["sources_by_kind"].items()))
+        out.append(f"  sources   {sum(s['sources_by_kind'].values())} pinned: {counted}")
+    if s["attached"]:
+        out.append(f"  attached  {len(s['attached'])} file(s), "
+                   f"{sum(a['size'] for a in s['attached'])} bytes stored as objects")
+        if full:
+            out.extend(f"            {a['path']} ({a['size']} bytes, sha256 {a['sha256']})" for a in s["attached"])
+    if "error" in s:
+        out.append(f"  error     {s['error']}")
+    if full:
+        out.append("  env")
+        for name, value in sorted(s["env"].items()):
+            out.append(f"    {name}={value}" if value is not None else f"    {name} (not recorded)")
+    return out
+
+
+def select(records: list[StepRecord], seq: int | None) -> list[StepRecord]:
+    """All records, or the one with ``seq``.
+
+    Raises:
+        UsageError: no record has that seq.
+    """
+    if seq is None:
+        return records
+    if not 0 <= seq < len(records):
+        raise UsageError(f"no record {seq}: the chain holds records 0..{len(records) - 1}")
+    return [records[seq]]
+
