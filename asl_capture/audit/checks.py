@@ -11,15 +11,15 @@ import os
 import re
 from dataclasses import dataclass
 
-from asl_capture import dcbor
 from asl_capture.audit.compare import Seen, differences, summary
 from asl_capture.audit.iso9660 import SYSTEM_AREA, IsoImage, IsoNode
 from asl_capture.audit.parallel import run_shards
 from asl_capture.audit.recorded import IsoContents, Recorded, relabelled, subtree
 from asl_capture.audit.squashfs import Node, SquashImage, shard
 from asl_capture.errors import CborError, ImageError, VerificationError
+from asl_capture.format import BuildManifest, Entry
+from asl_capture.format.build import BuildSource
 from asl_capture.hashing import available_cpus
-from asl_capture.manifest import Entry
 
 MAX_BUILD_MANIFEST = 16 << 20
 BUILD_MANIFEST = b"asl/build-manifest.cbor"
@@ -139,22 +139,16 @@ def iso_file_bytes(r: IsoRead, path: bytes, limit: int) -> bytes:
                                 record=r.iso_seq) from None
 
 
-def sources_rows(recorded: Recorded) -> list[dcbor.Value]:
+def sources_rows(recorded: Recorded) -> tuple[BuildSource, ...]:
     """The build manifest's ``sources`` as the chain's records say: ``[kind, archive path, sha256]`` of every
     pinned Debian source, sorted, mirror host stripped."""
-    rows: set[tuple[str, str, bytes]] = set()
+    rows: set[BuildSource] = set()
     for record in recorded.records:
-        listed = record.body.get("sources")
-        for source in listed if isinstance(listed, list) else []:
-            if not isinstance(source, dict) or source.get("kind") not in SOURCE_KINDS:
-                continue
-            uri, kind, digest = source.get("uri"), source.get("kind"), source.get("sha256")
-            if not isinstance(uri, str) or not isinstance(kind, str) or not isinstance(digest, bytes):
-                continue
-            m = _ARCHIVE_PATH.search(uri)
-            if m is not None:
-                rows.add((kind, m.group(1), digest))
-    return [list(r) for r in sorted(rows)]
+        for source in record.sources or ():
+            m = _ARCHIVE_PATH.search(source.uri)
+            if source.kind in SOURCE_KINDS and m is not None:
+                rows.add(BuildSource(kind=source.kind, path=m.group(1), sha256=source.sha256))
+    return tuple(sorted(rows))
 
 
 def check_build_manifest(r: IsoRead, recorded: Recorded) -> tuple[str, bytes]:
@@ -173,48 +167,36 @@ def check_build_manifest(r: IsoRead, recorded: Recorded) -> tuple[str, bytes]:
     if want is None or want.digest != identity:
         raise fail(f"sha256 {identity.hex()} is not the one step {recorded.records[seq].step!r} recorded")
     try:
-        doc = dcbor.decode(data)
+        doc = BuildManifest.from_cbor(data)
     except CborError as exc:
-        raise fail(f"not deterministic CBOR: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("v") != 1:
-        raise fail("not a version-1 build manifest")
+        raise fail(f"not a version-1 build manifest: {exc}") from None
     record = recorded.records[seq]
-    sde = record.body.get("source_date_epoch")
-    if doc.get("source_date_epoch") != sde:
-        raise fail(f"source_date_epoch {doc.get('source_date_epoch')!r} but the record says {sde!r}")
+    if doc.source_date_epoch != record.source_date_epoch:
+        raise fail(f"source_date_epoch {doc.source_date_epoch} but the record says {record.source_date_epoch}")
     rows = sources_rows(recorded)
-    listed = doc.get("sources")
-    if listed != rows:
-        count = len(listed) if isinstance(listed, list) else 0
-        raise fail(f"its {count} sources are not the {len(rows)} Debian sources the chain pinned")
-    if doc.get("sources_digest") != hashlib.sha256(dcbor.encode(rows)).digest():
-        raise fail("sources_digest does not match its sources")
-    files = doc.get("files")
-    if not isinstance(files, dict) or not files:
+    if doc.sources != rows:
+        raise fail(f"its {len(doc.sources)} sources are not the {len(rows)} Debian sources the chain pinned")
+    if not doc.files:
         raise fail("lists no files")
-    for name, digest in files.items():
+    for name, digest in doc.files.items():
         got = r.digests.get(name.encode())
         if got is None or got != digest:
             raise fail(f"files[{name!r}] does not match /{name} in the ISO")
     inputs = recorded.inputs(seq)
-    system = doc.get("system")
     sq_tree = subtree(inputs, r.contents.squashfs_tree)
-    if not isinstance(system, dict) or system.get("manifest") != relabelled(sq_tree).digest:
+    if doc.system.manifest != relabelled(sq_tree).digest:
         raise fail(f"system manifest is not the digest of the recorded tree {os.fsdecode(r.contents.squashfs_tree)}")
-    if system.get("paths") != len(sq_tree):
-        raise fail(f"system paths {system.get('paths')!r} but the recorded tree has {len(sq_tree)}")
-    overlay = doc.get("overlay")
-    if not isinstance(overlay, dict):
-        raise fail("no overlay section")
-    matches = [root for root in inputs.roots if relabelled(subtree(inputs, root)).digest == overlay.get("manifest")]
+    if doc.system.paths != len(sq_tree):
+        raise fail(f"system paths {doc.system.paths} but the recorded tree has {len(sq_tree)}")
+    matches = [root for root in inputs.roots if relabelled(subtree(inputs, root)).digest == doc.overlay.manifest]
     if not matches:
         raise fail("overlay manifest is the digest of no tree the step read")
-    kernel = doc.get("kernel")
-    modules = [f"{prefix}lib/modules/{kernel}".encode() for prefix in ("", "usr/")]
-    if not isinstance(kernel, str) or not any(sq_tree.get(m, _NO_DIR).kind == "d" for m in modules):
-        raise fail(f"kernel {kernel!r} has no lib/modules directory in the system tree")
+    modules = [f"{prefix}lib/modules/{doc.kernel}".encode() for prefix in ("", "usr/")]
+    if not any(sq_tree.get(m, _NO_DIR).kind == "d" for m in modules):
+        raise fail(f"kernel {doc.kernel!r} has no lib/modules directory in the system tree")
     return (f"sha256 {identity.hex()} recorded by step {record.step!r}; sources ({len(rows)}), system tree, "
-            f"overlay ({os.fsdecode(matches[0])}), files and source_date_epoch agree with the chain"), identity
+            f"overlay ({os.fsdecode(matches[0])}), files and source_date_epoch agree with the chain; "
+            f"{doc.name} {doc.version}"), identity
 
 
 def _hash_shard(image: SquashImage, files: list[Node], indexes: list[int]) -> list[tuple[int, bytes | str]]:

@@ -16,7 +16,7 @@ import os
 from asl_capture.audit.compare import SHOWN
 from asl_capture.audit.recorded import Recorded
 from asl_capture.errors import VerificationError
-from asl_capture.manifest import Entry, Manifest
+from asl_capture.format import Entry, Manifest
 
 
 def _under(path: bytes, roots: tuple[bytes, ...]) -> bool:
@@ -62,11 +62,11 @@ def check_closure(recorded: Recorded) -> tuple[str, list[str]]:
         if session is not None:
             if session not in sources_seen:
                 sources_seen[session] = recorded.inputs(session)
-                vcs = recorded.records[session].body.get("vcs")
-                if isinstance(vcs, dict):
-                    state = "with uncommitted changes" if vcs.get("dirty") else "clean"
+                vcs = recorded.records[session].vcs
+                if vcs is not None:
+                    state = "with uncommitted changes" if vcs.dirty else "clean"
                     notes.append(f"source snapshot: record {session} ({len(sources_seen[session].entries)} paths), "
-                                 f"git commit {vcs.get('commit')!s} ({state})")
+                                 f"git commit {vcs.commit} ({state})")
                 else:
                     notes.append(f"source snapshot: record {session} ({len(sources_seen[session].entries)} paths); "
                                  f"no git checkout recorded, so it is tied to no commit")

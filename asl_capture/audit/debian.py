@@ -132,16 +132,10 @@ def check_debian(recorded: Recorded, *, keyrings: tuple[Path, ...]) -> str:
     sources: list[_Source] = []
     attached: dict[int, set[bytes]] = {}
     for record in recorded.records:
-        raw = record.body.get("sources")
-        if not isinstance(raw, list):
+        if not record.sources:
             continue
-        attached[record.seq] = {digest for _p, digest, _s in record.attachments()}
-        for item in raw:
-            if not isinstance(item, dict):
-                continue
-            uri, kind, digest, via = item.get("uri"), item.get("kind"), item.get("sha256"), item.get("via")
-            if isinstance(uri, str) and isinstance(kind, str) and isinstance(digest, bytes):
-                sources.append(_Source(record.seq, uri, kind, digest, via if isinstance(via, str) else None))
+        attached[record.seq] = {a.digest for a in record.attached or ()}
+        sources += [_Source(record.seq, s.uri, s.kind, s.sha256, s.via) for s in record.sources]
     releases = [s for s in sources if s.kind == "release"]
     indexes = [s for s in sources if s.kind == "index"]
     debs = [s for s in sources if s.kind == "deb"]

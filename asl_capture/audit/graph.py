@@ -48,13 +48,10 @@ def dot(recorded: Recorded) -> str:
         for root in outputs.roots:
             count = sum(1 for e in outputs.entries if e.path == root or e.path.startswith(root + b"/"))
             lines.append(f"  {step} -> {artifact(root, count)};")
-        sources = record.body.get("sources")
-        if isinstance(sources, list) and sources:
+        if record.sources:
             kinds: dict[str, int] = {}
-            for s in sources:
-                if isinstance(s, dict) and isinstance(s.get("kind"), str):
-                    kind = str(s["kind"])
-                    kinds[kind] = kinds.get(kind, 0) + 1
+            for s in record.sources:
+                kinds[s.kind] = kinds.get(s.kind, 0) + 1
             text = "pinned sources\\n" + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
             lines.append(f"  src{seq} [shape=note, style=filled, fillcolor=\"#e8f6e8\", label=\"{text}\"];")
             lines.append(f"  src{seq} -> {step};")

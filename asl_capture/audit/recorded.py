@@ -13,8 +13,7 @@ from pathlib import Path
 
 from asl_capture import dcbor
 from asl_capture.errors import CborError, StoreError, VerificationError
-from asl_capture.manifest import Entry, Manifest
-from asl_capture.record import StepRecord
+from asl_capture.format import Entry, Manifest, StepRecord
 from asl_capture.store import ObjectStore, ProvenanceDir
 from asl_capture.verify import ChainReport
 
@@ -108,10 +107,10 @@ class Recorded:
         return cached
 
     def inputs(self, seq: int) -> Manifest:
-        return self.manifest(_digest(self.records[seq], "inputs", "manifest"), seq=seq, what="inputs manifest")
+        return self.manifest(self.records[seq].inputs.manifest, seq=seq, what="inputs manifest")
 
     def outputs(self, seq: int) -> Manifest:
-        return self.manifest(_digest(self.records[seq], "outputs", "manifest"), seq=seq, what="outputs manifest")
+        return self.manifest(self.records[seq].outputs.manifest, seq=seq, what="outputs manifest")
 
     def steps(self) -> list[int]:
         """Seqs of the records that did work (leaves of the step tree: records nothing nests under)."""
@@ -150,10 +149,11 @@ class Recorded:
             VerificationError: the step attached none, or it is malformed.
         """
         record = self.records[seq]
-        for path, digest, _size in record.attachments():
-            raw_path = os.fsencode(path) if isinstance(path, str) else path
+        for item in record.attached or ():
+            raw_path = os.fsencode(item.path) if isinstance(item.path, str) else item.path
             if not raw_path.endswith(b".cbor"):
                 continue
+            digest = item.digest
             data = self.object(digest, seq=seq, what=f"attached {os.fsdecode(raw_path)}")
             try:
                 value = dcbor.decode(data)
@@ -166,14 +166,6 @@ class Recorded:
         raise VerificationError(
             f"step {record.step!r} stored no record of its ISO's contents ({CONTENTS_TYPE} attachment): the "
             f"files the ISO tool added cannot be accounted for", check="iso-files", record=seq)
-
-
-def _digest(record: StepRecord, part: str, key: str) -> bytes:
-    section = record.body[part]
-    assert isinstance(section, dict)
-    value = section[key]
-    assert isinstance(value, bytes)
-    return value
 
 
 def _raw(value: dcbor.Value, where: str) -> bytes:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from asl_capture import chain, cose, dcbor
 from asl_capture.errors import CborError, ChainError, UsageError, VerificationError
-from asl_capture.record import StepRecord
+from asl_capture.format import StepRecord
 from asl_capture.store import ProvenanceDir
 
 if TYPE_CHECKING:
@@ -67,17 +67,14 @@ def jsonable(value: dcbor.Value) -> Any:
 
 def _kinds(record: StepRecord) -> dict[str, int]:
     counts: dict[str, int] = {}
-    sources = record.body.get("sources")
-    for s in sources if isinstance(sources, list) else []:
-        if isinstance(s, dict):
-            kind = str(s.get("kind"))
-            counts[kind] = counts.get(kind, 0) + 1
+    for s in record.sources or ():
+        counts[s.kind] = counts.get(s.kind, 0) + 1
     return counts
 
 
 def summary(record: StepRecord, seqs: dict[bytes, int]) -> dict[str, Any]:
     """One record as JSON-ready values in human terms."""
-    b = record.body
+    b = record.to_value()
     out: dict[str, Any] = {
         "seq": record.seq, "step": record.step, "status": record.status, "exit": record.exit,
         "id": record.id.hex(), "parent_seq": seqs.get(record.parent) if record.parent else None,
@@ -87,8 +84,8 @@ def summary(record: StepRecord, seqs: dict[bytes, int]) -> dict[str, Any]:
         "inputs": jsonable(b["inputs"]), "outputs": jsonable(b["outputs"]),
         "stdout": jsonable(b["stdout"]), "stderr": jsonable(b["stderr"]), "host": jsonable(b["host"]),
         "sources_by_kind": _kinds(record),
-        "attached": [{"path": os.fsdecode(p) if isinstance(p, bytes) else p, "sha256": d.hex(), "size": s}
-                     for p, d, s in record.attachments()],
+        "attached": [{"path": os.fsdecode(a.path) if isinstance(a.path, bytes) else a.path, "sha256": a.digest.hex(),
+                      "size": a.size} for a in record.attached or ()],
     }
     for key in ("vcs", "error", "signals"):
         if key in b:

@@ -34,8 +34,8 @@ from asl_capture.format.tree import KINDS, Changes, Entry, Manifest, diff
 
 __all__ = [
     "BUILD_MANIFEST_VERSION", "CHECKPOINT_CONTENT_TYPE", "CHECKPOINT_VERSION", "KINDS", "MANIFEST_VERSION",
-    "RECORD_VERSION", "RELEASE_CONTENT_TYPE", "RELEASE_VERSION", "STATUSES", "STEP_CONTENT_TYPE", "Attachment", "BuildKey",
-    "BuildManifest", "BuildSource", "Changes", "Checkpoint", "Entry", "Host", "Inputs", "Log", "Manifest",
+    "RECORD_VERSION", "RELEASE_CONTENT_TYPE", "RELEASE_VERSION", "STATUSES", "STEP_CONTENT_TYPE", "Attachment",
+    "BuildKey", "BuildManifest", "BuildSource", "Changes", "Checkpoint", "Entry", "Host", "Inputs", "Log", "Manifest",
     "Outputs", "ReleaseFile", "ReleaseManifest", "Source", "StepRecord", "Surface", "SystemTree", "TreeDigest",
     "Vcs", "diff",
 ]

@@ -108,7 +108,8 @@ def test_every_forbidden_field_shape_fails_verify(path: FieldPath, value: dcbor.
     body = prov.values[1]
     body.update({"vcs": {"type": "git", "commit": "c", "tree": "t", "dirty": False}, "signals": [15], "error": "e",
                  "sources": [{"uri": "u", "sha256": bytes(32), "kind": "deb", "via": "v", "name": "n",
-                              "version": "1", "size": 1}]})
+                              "version": "1", "size": 1}],
+                 "attached": [{"path": "a", "digest": bytes(32), "size": 1}]})
     if path[0] in ("seq", "prev"):  # after linkage fills them in
         prov.late = lambda i, v: make_assets._set(v, path, value) if i == 1 else None
     else:

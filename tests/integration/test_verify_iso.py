@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from asl_capture import chain, dcbor
+from asl_capture.format import Entry, Manifest, StepRecord
 from asl_capture.keys import load_signer
-from asl_capture.manifest import Entry, Manifest
 from asl_capture.store import ObjectStore, ProvenanceDir
 from tests.integration.pipeline_fixtures import REPO, Build, pipeline_build, tools_missing
 from tests.integration.records import read_records
@@ -79,6 +79,7 @@ def shared_dir() -> Iterator[Path]:
 
 def test_verifies_without_root_or_image_tools(built: Build, shared_dir: Path) -> None:
     """Full verification passes as an unprivileged user whose PATH has python and gpgv only."""
+    assert built.trust is not None
     work = shared_dir / "auditor"
     work.mkdir()
     subprocess.run(["cp", "-a", str(built.iso), str(built.provenance), str(built.trust), str(work)], check=True)
@@ -144,12 +145,13 @@ def _repack(built: Build, tmp_path: Path, edit: Callable[[Path], list[str]]) -> 
     subprocess.run(["cp", "-a", str(built.repo / "out/work/isoroot"), str(tree)], check=True)
     extra = edit(tree)
     records = read_records(built.provenance, built.trust) if built.trust else []
-    epoch = next(r.body["source_date_epoch"] for r in records if r.step == "iso")
+    epoch = next(r.source_date_epoch for r in records if r.step == "iso")
     comp = "xz"
     contents = (built.repo / "out/work/iso-contents.cbor").read_bytes()
     doc = dcbor.decode(contents)
-    if isinstance(doc, dict) and isinstance(doc.get("squashfs"), dict):
-        comp = str(doc["squashfs"]["compression"])  # type: ignore[index]
+    squashfs = doc.get("squashfs") if isinstance(doc, dict) else None
+    if isinstance(squashfs, dict):
+        comp = str(squashfs["compression"])
     img = tmp_path / "system.squashfs"
     subprocess.run(["mksquashfs", str(tree), str(img), "-noappend", "-no-progress", "-comp", comp, "-mkfs-time",
                     str(epoch), "-all-time", str(epoch), *extra], check=True, capture_output=True,
@@ -186,7 +188,7 @@ def test_squashfs_mode_bit_changed_fails_naming_the_path(built: Build, tmp_path:
 def _forge(built: Build, dest: Path, change: Callable[[list[dict[str, dcbor.Value]], ObjectStore], None]) -> Path:
     """A provenance directory holding the build's records after ``change``, re-signed with the build's key."""
     assert built.trust is not None
-    records = [dict(r.body) for r in read_records(built.provenance, built.trust)]
+    records = [r.to_value() for r in read_records(built.provenance, built.trust)]
     (dest / "objects").mkdir(parents=True)
     subprocess.run(["cp", "-al", str(built.provenance / "objects/sha256"), str(dest / "objects/")], check=True)
     prov = ProvenanceDir.create(dest)
@@ -194,8 +196,12 @@ def _forge(built: Build, dest: Path, change: Callable[[list[dict[str, dcbor.Valu
     change(records, store)
     signer = load_signer(built.trust.with_suffix(".key"))
     for body in records:
-        fields = {k: v for k, v in body.items() if k not in ("chain", "seq", "prev")}
-        chain.append(prov, signer, lambda _head, f=fields: dict(f), new_chain_id=lambda: os.urandom(16))
+        draft = StepRecord.from_value({**body, "chain": bytes(16), "seq": 0, "prev": None})
+
+        def build(_head: chain.Head, d: StepRecord = draft) -> StepRecord:
+            return d
+
+        chain.append(prov, signer, build, new_chain_id=lambda: os.urandom(16))
     return dest
 
 
@@ -218,7 +224,7 @@ def test_iso_of_another_build_and_deleted_object_and_removed_record(built: Build
     prov = tmp_path / "deleted"
     subprocess.run(["cp", "-a", str(built.provenance), str(prov)], check=True)
     iso_rec = next(r for r in read_records(prov, built.trust) if r.step == "iso")
-    victim = iso_rec.attachments()[0][1].hex()
+    victim = (iso_rec.attached or ())[0].digest.hex()
     (prov / "objects/sha256" / victim[:2] / victim[2:]).unlink()
     v = verify(built.iso, prov, built.trust)
     assert v.code == 1 and "FAIL" in v.line(1) and victim in v.line(1) and "not checked" in v.line(2)
