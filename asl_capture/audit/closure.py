@@ -109,9 +109,13 @@ def check_closure(recorded: Recorded) -> tuple[str, list[str]]:
         shown = "; ".join(problems[:SHOWN]) + (f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else "")
         raise VerificationError(f"{len(problems)} input(s) without a recorded origin: {shown}", check="closure",
                                 record=first_problem_seq)
+    recorded_format = "exclude" in getattr(Manifest, "__dataclass_fields__", {})
     for session, manifest in sources_seen.items():
         patterns = getattr(manifest, "exclude", ())
-        if patterns:
+        if not recorded_format:
+            notes.append("exclusions: these manifests do not record exclusion patterns, so paths a snapshot "
+                         "excluded (e.g. the project's configured excludes) cannot be shown")
+        elif patterns:
             notes.append(f"exclusions: the source snapshot (record {session}) left out paths matching "
                          f"{', '.join(repr(p) for p in patterns)}; no step excluded anything")
         else:
