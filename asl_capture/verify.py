@@ -62,10 +62,12 @@ def verify_chain(
     trusted: dict[bytes, Ed25519PublicKey],
     *,
     log: Log | None = None,
+    manifests: dict[bytes, Manifest] | None = None,
 ) -> ChainReport:
     """Verify the chain in a provenance directory against trusted keys.
 
-    ``log(number, check, detail)`` is called once per passed check.
+    ``log(number, check, detail)`` is called once per passed check. When ``manifests`` is given, every
+    tree manifest check 5 decoded is left there by digest (callers that read them again save the work).
 
     Raises:
         StoreError: the directory or its chain is missing (unreadable input).
@@ -125,7 +127,7 @@ def verify_chain(
     checkpoint = _check_checkpoint(prov, trusted, chain_id, scan.items)
     emit(4, "linkage", f"chain {chain_id.hex()}, seq 0..{len(records) - 1}, every prev matches; {checkpoint}")
 
-    objects = _Objects(ObjectStore(prov))
+    objects = _Objects(ObjectStore(prov), manifests)
     for index, record in enumerate(records):
         objects.check_record(index, record)
     emit(5, "objects", f"{len(objects.checked)} referenced objects present, matching their digests, "
@@ -256,8 +258,9 @@ def _check_signatures(messages: list[cose.Sign1], trusted: dict[bytes, Ed25519Pu
 class _Objects:
     """Check 5: each referenced object once (present, matching its digest, well-formed for its field)."""
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore, keep: dict[bytes, Manifest] | None = None) -> None:
         self.store = store
+        self.keep = keep
         self.checked: set[bytes] = set()
         self.manifests: dict[bytes, tuple[int, int]] = {}  # digest -> (entries, files)
         self.changes: dict[bytes, tuple[int, int, int]] = {}  # digest -> (created, modified, deleted)
@@ -280,12 +283,14 @@ class _Objects:
         if changes != (outs.created, outs.modified, outs.deleted):
             raise fail("outputs", f"created {outs.created}, modified {outs.modified}, deleted {outs.deleted}, "
                                   f"but the change list has {changes[0]}, {changes[1]}, {changes[2]}")
-        for field, log in (("stdout", record.stdout), ("stderr", record.stderr)):
-            if log.digest not in self.checked:
-                problem = self.store.check(log.digest)
+        logs = [("stdout.digest", record.stdout.digest), ("stderr.digest", record.stderr.digest)]
+        attached = [(f"attached[{i}].digest", a.digest) for i, a in enumerate(record.attached or ())]
+        for field, digest in logs + attached:
+            if digest not in self.checked:
+                problem = self.store.check(digest)
                 if problem is not None:
-                    raise fail(f"{field}.digest", problem)
-                self.checked.add(log.digest)
+                    raise fail(field, problem)
+                self.checked.add(digest)
 
     def _read(self, digest: bytes, field: str, fail: Callable[[str, str], VerificationError]) -> bytes:
         try:
@@ -302,6 +307,8 @@ class _Objects:
             except CborError as exc:
                 raise fail(field, f"not a version-1 tree manifest: {exc}") from None
             self.manifests[digest] = (len(manifest.entries), manifest.files)
+            if self.keep is not None:
+                self.keep[digest] = manifest
         return self.manifests[digest]
 
     def _changes(self, digest: bytes, fail: Callable[[str, str], VerificationError]) -> tuple[int, int, int]:

@@ -80,17 +80,24 @@ def _release_sha256(text: bytes) -> dict[str, bytes]:
     return out
 
 
-def _index_sha256(index: bytes, filename: str) -> bytes | None:
-    """The SHA256 field of the stanza of ``index`` whose Filename is ``filename``."""
-    needle = b"\nFilename: " + filename.encode() + b"\n"
-    pos = index.find(needle)
-    if pos < 0:
-        return None
-    start = index.rfind(b"\n\n", 0, pos) + 1
-    end = index.find(b"\n\n", pos)
-    stanza = index[start:end if end >= 0 else len(index)]
-    m = re.search(rb"^SHA256: ([0-9a-f]{64})$", stanza, re.M)
-    return bytes.fromhex(m.group(1).decode()) if m else None
+_FILENAME = re.compile(rb"^Filename: (\S+)$", re.M)
+_SHA256 = re.compile(rb"^SHA256: ([0-9a-f]{64})$", re.M)
+
+
+def index_sha256(index: bytes, wanted: set[str]) -> dict[str, bytes | None]:
+    """The SHA256 field of each stanza of ``index`` whose Filename is in ``wanted`` (one pass; a name
+    listed twice with different digests maps to None, which no digest equals)."""
+    out: dict[str, bytes | None] = {}
+    for m in _FILENAME.finditer(index):
+        name = m.group(1).decode("utf-8", "replace")
+        if name not in wanted:
+            continue
+        start = index.rfind(b"\n\n", 0, m.start()) + 1
+        end = index.find(b"\n\n", m.end())
+        found = _SHA256.search(index, start, end if end >= 0 else len(index))
+        digest = bytes.fromhex(found.group(1).decode()) if found else None
+        out[name] = digest if name not in out or out[name] == digest else None
+    return out
 
 
 def _gpgv(inrelease: bytes, keyrings: list[Path], tmp: Path, tool: str) -> tuple[bytes, list[str]]:
@@ -206,14 +213,17 @@ def check_debian(recorded: Recorded, *, keyrings: tuple[Path, ...]) -> str:
             raise _fail(f"index {s.uri}: sha256 {s.sha256.hex()} is not the one its signed InRelease lists "
                         f"({listed.hex() if listed else 'not listed'})", s.seq)
         index_bytes[s.uri] = stored(s, "index")
+    listings: dict[str, dict[str, bytes | None]] = {}
+    for via, index in index_bytes.items():
+        repo = via.split("dists/", 1)[0]
+        listings[via] = index_sha256(index, {s.uri[len(repo):] for s in debs if s.via == via})
     for s in debs:
-        index = index_bytes.get(s.via or "")
-        if index is None:
+        if s.via not in index_bytes:
             raise _fail(f"package {s.uri} names no verified index (via {s.via})", s.seq)
-        repo = (s.via or "").split("dists/", 1)[0]
+        repo = s.via.split("dists/", 1)[0]
         if not s.uri.startswith(repo):
             raise _fail(f"package {s.uri} does not lie below the repository {repo}", s.seq)
-        listed = _index_sha256(index, s.uri[len(repo):])
+        listed = listings[s.via].get(s.uri[len(repo):])
         if listed != s.sha256:
             raise _fail(f"package {s.uri}: sha256 {s.sha256.hex()} is not the one its index lists "
                         f"({listed.hex() if listed else 'not listed'})", s.seq)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from asl_capture.audit import checks
 from asl_capture.audit.recorded import Recorded
 from asl_capture.errors import ImageError, VerificationError
+from asl_capture.format import Manifest
 from asl_capture.verify import ChainReport, verify_chain
 
 if TYPE_CHECKING:
@@ -143,8 +144,9 @@ def verify_iso(
             number = CHECKS.index(name) + 1
             try:
                 if name == "chain":
-                    chain_report = verify_chain(provenance, trusted)
-                    state.recorded = Recorded(provenance, chain_report)
+                    manifests: dict[bytes, Manifest] = {}
+                    chain_report = verify_chain(provenance, trusted, manifests=manifests)
+                    state.recorded = Recorded(provenance, chain_report, manifests)
                     detail = (f"{len(chain_report.records)} records signed by {len(chain_report.kids)} trusted "
                               f"key(s), every step ok, head seq {chain_report.head_seq}")
                 elif state.recorded is None:

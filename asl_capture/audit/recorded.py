@@ -70,7 +70,7 @@ class Recorded:
 
     prov: Path
     report: ChainReport
-    _manifests: dict[bytes, Manifest] = field(default_factory=dict)
+    manifests: dict[bytes, Manifest] = field(default_factory=dict)
 
     @property
     def records(self) -> tuple[StepRecord, ...]:
@@ -97,13 +97,13 @@ class Recorded:
         Raises:
             VerificationError: missing, damaged or not a version-1 manifest.
         """
-        cached = self._manifests.get(digest)
+        cached = self.manifests.get(digest)
         if cached is None:
             try:
                 cached = Manifest.from_cbor(self.object(digest, seq=seq, what=what))
             except CborError as exc:
                 raise VerificationError(f"{what}: {exc}", check="objects", record=seq) from None
-            self._manifests[digest] = cached
+            self.manifests[digest] = cached
         return cached
 
     def inputs(self, seq: int) -> Manifest:

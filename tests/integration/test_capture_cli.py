@@ -576,6 +576,10 @@ def test_attached_files_are_stored_as_objects(cli_env: dict[str, str], keypair: 
     got = {a.path: object_bytes(prov, a.digest) for a in record.attached or ()}
     assert got == {"meta/InRelease": b"signed", "meta/sub/Packages": b"idx", "single": b"one"}  # no symlink
     assert cli("asl-verify", "chain", prov, "--trust", keypair.pub, env=cli_env).returncode == 0
+    gone = (record.attached or ())[1].digest.hex()
+    (prov / "objects" / "sha256" / gone[:2] / gone[2:]).unlink()
+    verify = cli("asl-verify", "chain", prov, "--trust", keypair.pub, env=cli_env)
+    assert verify.returncode == 1 and b"attached[1].digest" in verify.stderr and gone.encode() in verify.stderr
 
 
 def test_missing_attachment_fails_the_step_but_keeps_its_record(
