@@ -248,6 +248,7 @@ def test_step_input_nobody_produced_fails_naming_it(built: Build, tmp_path: Path
         sneaky = Entry(b"out/work/sneaky.bin", "f", 0o644, 3, bytes(32))
         entries = tuple(sorted((*manifest.entries, sneaky), key=lambda e: e.path))
         inputs["manifest"] = store.put(Manifest(roots=manifest.roots, entries=entries).encode())
+        inputs["entries"], inputs["files"] = len(entries), sum(1 for e in entries if e.kind == "f")
 
     prov = _forge(built, tmp_path / "sneaky", change)
     assert built.trust is not None
