@@ -330,8 +330,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--save", type=Path, help="copy InRelease, Packages and keyrings here")
     p.add_argument("--mirrors", type=Path, help="the mirror lines given to mmdebstrap (for signed-by)")
-    p.add_argument("--save", type=Path, help="copy InRelease, Packages and keyrings here")
-    p.add_argument("--mirrors", type=Path, help="the mirror lines given to mmdebstrap (for signed-by)")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "mirrors":

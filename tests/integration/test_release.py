@@ -209,7 +209,11 @@ def test_versioning_rule_through_publish(released: Released, tmp_path: Path) -> 
     assert sorted(p.name for p in out.iterdir()) == ["1.0.0"]
     result = cli("asl-release", "publish", "--iso", minor.iso, "--provenance", minor.provenance, "--key",
                  released.key, "--out", out, env=dict(os.environ))
-    assert result.returncode == 1 and b"VersionRuleError: incompatible change(s) since 1.0.0" in result.stderr
+    # the CLI verifies with the full ``asl-verify iso`` now that it exists: the mini ISO (no grub-mkrescue,
+    # no asl-iso-contents record) is refused by that first; the rule itself is checked through do_publish above
+    assert result.returncode == 1 and (b"VersionRuleError: incompatible change(s) since 1.0.0" in result.stderr
+                                       or b"IsoVerificationError: " in result.stderr), result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["1.0.0"]
     major = mini_build(tmp_path / "major", version="2.0.0", ephemeral=True, change=drop_log_key)
     done = do_publish(major, released.key, out)
     assert done.previous == "1.0.0" and done.changes is not None
