@@ -142,7 +142,16 @@ def capture(config: CaptureConfig, *, notify: Callable[[str], None]) -> CaptureO
 def _capture(config: CaptureConfig, notify: Callable[[str], None]) -> CaptureOutcome:
     cwd = config.cwd.absolute()
     project = projectconfig.load(cwd)
-    prov = ProvenanceDir.create(_abs(resolve_provenance(config, project), cwd))
+    prov_path = Path(os.path.abspath(_abs(resolve_provenance(config, project), cwd)))
+    root = _abs(config.root, cwd) if config.root is not None else cwd
+    if config.root is not None and not os.path.isdir(root):
+        raise UsageError(f"{config.root}: --root is not an existing directory")
+    declared = bool(config.inputs or config.outputs)
+    in_roots = [_abs(p, cwd) for p in config.inputs] if declared else [root]
+    out_roots = [_abs(p, cwd) for p in config.outputs] if declared else [root]
+    excluder = Excluder(patterns=config.excludes + project.excludes,
+                        absolute=_provenance_paths(prov_path, in_roots + out_roots))
+    prov = ProvenanceDir.create(prov_path)
     signer = resolve_signer(config, notify)
     if isinstance(signer, AgentSigner) and os.path.realpath(signer.provenance) != os.path.realpath(prov.root):
         raise UsageError(f"a nested capture signs only for the enclosing build's chain ({signer.provenance}), "
@@ -152,14 +161,8 @@ def _capture(config: CaptureConfig, notify: Callable[[str], None]) -> CaptureOut
     for path in config.inputs:
         if not os.path.lexists(_abs(path, cwd)):
             raise CaptureError(f"{path}: declared input does not exist")
-
-    root = _abs(config.root, cwd) if config.root is not None else cwd
-    excluder = Excluder(patterns=config.excludes + project.excludes, absolute=frozenset({os.fsencode(prov.root)}))
     cache = StatCache.load(prov.statcache)
     hasher = Hasher(cache=cache)
-    declared = bool(config.inputs or config.outputs)
-    in_roots = [_abs(p, cwd) for p in config.inputs] if declared else [root]
-    out_roots = [_abs(p, cwd) for p in config.outputs] if declared else [root]
 
     def take(roots: list[Path]) -> Manifest:
         progress = _Progress(config.progress, len(roots)) if config.progress is not None else None
@@ -306,6 +309,27 @@ def attach(store: ObjectStore, path: Path, cwd: Path) -> list[Attachment]:
     except OSError as exc:
         raise CaptureError(f"{path}: cannot attach: {exc.strerror}") from None
     return out
+
+
+def _provenance_paths(prov_root: Path, roots: list[Path]) -> frozenset[bytes]:
+    """The paths under which a walk of ``roots`` would reach the provenance directory, to exclude it.
+
+    A walk never follows symlinks below a root, but a root or the provenance path itself may go
+    through one: the directory is then reached under another name, found here through real paths.
+
+    Raises:
+        UsageError: a snapshot root is the provenance directory or lies inside it.
+    """
+    real_prov = os.path.realpath(prov_root)
+    paths = {os.fsencode(prov_root), os.fsencode(real_prov)}
+    for root in roots:
+        real_root = os.path.realpath(root)
+        if real_root == real_prov or real_root.startswith(real_prov.rstrip("/") + "/"):
+            raise UsageError(f"{root}: a snapshot root is inside the provenance directory {prov_root}; "
+                             f"use a provenance directory outside the tree being captured, or beside it")
+        if real_prov.startswith(real_root.rstrip("/") + "/"):
+            paths.add(os.fsencode(os.path.abspath(root).rstrip("/") + real_prov[len(real_root.rstrip("/")):]))
+    return frozenset(paths)
 
 
 class _Progress:

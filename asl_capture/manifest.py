@@ -90,7 +90,8 @@ def _snapshot(roots: Sequence[Path], base: Path, excluder: Excluder, hasher: Has
     if len(pairs) > 1:  # roots may overlap: one row per label
         rows = list({row[0]: row for row in rows}.values())
     rows.sort(key=_LABEL)
-    return Manifest(roots=tuple(sorted(set(labels))), entries=tuple(map(_AS_ENTRY, rows)))
+    return Manifest(roots=tuple(sorted(set(labels))), entries=tuple(map(_AS_ENTRY, rows)),
+                    exclude=tuple(dict.fromkeys(excluder.patterns)))
 
 
 _LABEL = operator.itemgetter(0)

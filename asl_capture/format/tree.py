@@ -139,20 +139,27 @@ class Manifest:
 
     roots: tuple[bytes, ...]
     entries: tuple[Entry, ...]
+    #: The exclusion patterns the walk applied (``--exclude``, then the project's), recorded so that a
+    #: reader sees what a snapshot may have left out; empty (and then not encoded) when none applied.
+    exclude: tuple[str, ...] = ()
     _encoded: list[bytes] = field(default_factory=list, repr=False, compare=False)
 
     def to_value(self) -> dict[str, Value]:
-        return {"v": MANIFEST_VERSION, "roots": [c.as_text_or_bytes(r) for r in self.roots],
-                "entries": [e.to_value() for e in self.entries]}
+        value: dict[str, Value] = {"v": MANIFEST_VERSION, "roots": [c.as_text_or_bytes(r) for r in self.roots],
+                                   "entries": [e.to_value() for e in self.entries]}
+        if self.exclude:
+            value["exclude"] = list(self.exclude)
+        return value
 
     def encode(self) -> bytes:
         """``dcbor.encode(self.to_value())``, built directly (the entries dominate; tested equal)."""
         if not self._encoded:
-            # keys in deterministic order: "v", "roots", "entries" (shorter first)
+            # keys in deterministic order: "v", "roots", "entries", "exclude" (shorter first, then bytewise)
             first = dcbor.encode({"v": MANIFEST_VERSION, "roots": [c.as_text_or_bytes(r) for r in self.roots]})
             self._encoded.append(b"".join([
-                dcbor.head(5, 3), first[1:], dcbor.encode("entries"), dcbor.head(4, len(self.entries)),
-                *_encode_entries(self.entries),
+                dcbor.head(5, 4 if self.exclude else 3), first[1:], dcbor.encode("entries"),
+                dcbor.head(4, len(self.entries)), *_encode_entries(self.entries),
+                *((dcbor.encode("exclude"), dcbor.encode(list(self.exclude))) if self.exclude else ()),
             ]))
         return self._encoded[0]
 
@@ -177,10 +184,16 @@ class Manifest:
         Raises:
             FormatError: names the offending field (``entries[7][4]: expected 32 bytes, found 3``).
         """
-        body = c.fields(value, "", ("v", "roots", "entries"))
+        body = c.fields(value, "", ("v", "roots", "entries"), ("exclude",))
         c.version(body["v"], "v", MANIFEST_VERSION)
+        exclude: tuple[str, ...] = ()
+        if "exclude" in body:
+            patterns = c.array(body["exclude"], "exclude")
+            if not patterns:
+                raise FormatError("exclude", "expected at least one pattern (omit the field when none applied)")
+            exclude = tuple(c.text(p, c.index("exclude", i)) for i, p in enumerate(patterns))
         return cls(roots=_paths(body["roots"], "roots"),
-                   entries=_entries(body["entries"], "entries", sorted_unique=True))
+                   entries=_entries(body["entries"], "entries", sorted_unique=True), exclude=exclude)
 
     @classmethod
     def from_cbor(cls, data: bytes) -> Manifest:

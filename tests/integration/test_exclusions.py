@@ -1,0 +1,78 @@
+"""Issue 13 item 14: exclusions are recorded, a missing --root is refused, the provenance directory
+is excluded however it is reached."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from asl_capture.manifest import Manifest
+from tests.conftest import KeyPair, cli
+from tests.integration.records import assert_one_line_error, object_bytes, read_records
+
+
+def _manifest(prov: Path, digest: bytes) -> Manifest:
+    return Manifest.from_cbor(object_bytes(prov, digest))
+
+
+def test_exclusion_patterns_are_recorded_in_every_manifest(tmp_path: Path, cli_env: dict[str, str],
+                                                             keypair: KeyPair) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "pyproject.toml").write_text('[tool.asl-capture]\nexclude = ["*"]\n')
+    (work / "a.c").write_text("int x;\n")
+    prov = tmp_path / "prov"
+    result = cli("asl-capture", "--exclude", "*.o", "--", "sh", "-c", "echo > out.o", env=cli_env, cwd=work)
+    assert result.returncode == 0, result.stderr
+    record = read_records(prov, keypair.pub)[-1]
+    inputs = record.body["inputs"]
+    outputs = record.body["outputs"]
+    assert isinstance(inputs, dict) and isinstance(outputs, dict)
+    for section, key in ((inputs, "manifest"), (outputs, "manifest"), (outputs, "before")):
+        digest = section[key]
+        assert isinstance(digest, bytes)
+        assert _manifest(prov, digest).exclude == ("*.o", "*")
+
+
+def test_no_exclusions_no_exclude_field(tmp_path: Path, cli_env: dict[str, str], keypair: KeyPair) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    prov = tmp_path / "prov"
+    assert cli("asl-capture", "--", "true", env=cli_env, cwd=work).returncode == 0
+    inputs = read_records(prov, keypair.pub)[-1].body["inputs"]
+    assert isinstance(inputs, dict) and isinstance(inputs["manifest"], bytes)
+    assert b"exclude" not in object_bytes(prov, inputs["manifest"])
+
+
+def test_a_missing_root_is_refused_before_the_command_runs(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    marker = tmp_path / "ran"
+    result = cli("asl-capture", "--root", tmp_path / "nope", "--", "touch", marker, env=cli_env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "UsageError")
+    assert not marker.exists()
+
+
+def test_a_provenance_directory_reached_through_a_symlink_is_excluded(tmp_path: Path, cli_env: dict[str, str],
+                                                                        keypair: KeyPair) -> None:
+    work = tmp_path / "work"
+    (work / "prov").mkdir(parents=True)
+    link = tmp_path / "link"
+    link.symlink_to(work / "prov")
+    cli_env["ASL_CAPTURE_DIR"] = str(link)
+    for _ in range(2):
+        result = cli("asl-capture", "--", "true", env=cli_env, cwd=work)
+        assert result.returncode == 0, result.stderr
+    inputs = read_records(work / "prov", keypair.pub)[-1].body["inputs"]
+    assert isinstance(inputs, dict) and isinstance(inputs["manifest"], bytes)
+    paths = {e.path for e in _manifest(work / "prov", inputs["manifest"]).entries}
+    assert paths == {b"."}, paths
+
+
+def test_the_working_directory_as_provenance_directory_is_refused(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    marker = tmp_path / "ran"
+    result = cli("asl-capture", "--provenance", ".", "--", "touch", marker, env=cli_env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "UsageError")
+    assert not marker.exists()
+    assert not os.path.exists(tmp_path / "chain.cbor")
+    assert not os.path.exists(tmp_path / "objects")
