@@ -2,23 +2,28 @@
 
 Appends are serialized across processes with ``flock`` on ``chain.lock``; each record is written
 whole with one ``O_APPEND`` write and fsynced before the lock is released. The reader splits the
-sequence into items and reports a partial last item (a crash mid-append) as a torn tail with its
-byte offset; :func:`repair` is the only thing that removes such bytes, and it keeps a copy.
+sequence into items and reports a partial last item (a crash mid-append) or a zero-filled end (an
+unclean shutdown) as a torn tail with its byte offset; :func:`repair` is the only thing that
+removes such bytes, it keeps a copy, and it refuses to remove a record the signed checkpoint
+vouches for (a crash cannot have torn that record).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import hashlib
 import os
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asl_capture import cose, dcbor
+from asl_capture import cose, dcbor, safeio
 from asl_capture.cose import MessageSigner
-from asl_capture.errors import AslError, CborError, ChainError, TornTailError, TruncatedCbor
+from asl_capture.errors import AslError, CborError, ChainError, CheckpointError, TornTailError, TruncatedCbor
 from asl_capture.format import CHECKPOINT_CONTENT_TYPE, STEP_CONTENT_TYPE, Checkpoint, StepRecord
 from asl_capture.store import ProvenanceDir
 
@@ -38,15 +43,20 @@ class Item:
 
 @dataclass(frozen=True, slots=True)
 class Scan:
-    """The chain split into items. ``torn`` is (offset, length) of a partial last item, if any."""
+    """The chain split into items. ``torn`` is (offset, length) of a partial last item, if any;
+    ``zeros`` says the torn tail is only zero bytes (what an unclean shutdown can leave)."""
 
     items: tuple[Item, ...]
     torn: tuple[int, int] | None
     size: int
+    zeros: bool = False
 
 
 def split(data: bytes, *, start: int = 0, name: str = "chain") -> Scan:
-    """Split chain bytes into whole items, from ``start``.
+    """Split chain bytes into whole items, from ``start``, in time and memory linear in their size.
+
+    Every item must start a tagged COSE_Sign1 message; anything else is checked before it is
+    decoded, so no input makes this materialise more than the bytes it holds.
 
     Raises:
         ChainError: an item is not well-formed CBOR (a corrupt record, not a torn tail); the message
@@ -55,6 +65,11 @@ def split(data: bytes, *, start: int = 0, name: str = "chain") -> Scan:
     items: list[Item] = []
     pos, size = start, len(data)
     while pos < size:
+        if data[pos] != _SIGN1_FIRST_BYTE:
+            if data.count(0, pos) == size - pos:  # a zero-filled tail: allocated, never written
+                return Scan(items=tuple(items), torn=(pos, size - pos), size=size, zeros=True)
+            raise ChainError(f"{name}: item {len(items)} at byte offset {pos} is malformed: it does not start a "
+                             f"COSE_Sign1 message (tag 18)")
         try:
             value, end = dcbor.decode_item(data, pos, tags=cose.COSE_TAGS)
         except TruncatedCbor:
@@ -70,33 +85,86 @@ def split(data: bytes, *, start: int = 0, name: str = "chain") -> Scan:
     return Scan(items=tuple(items), torn=None, size=size)
 
 
+#: The first byte of every chain item: tag 18 (COSE_Sign1).
+_SIGN1_FIRST_BYTE = 0xD2
+#: The start of every message we write: tag 18, an array of 4, then the protected header as a byte
+#: string holding the map ``{1: -8, 3: ...}``.
+_SIGN1_START = b"\xd2\x84"
+_PROTECTED_START = b"\xa3\x01\x27\x03"
+
+
+def _bstr_end(data: bytes, pos: int) -> int | None:
+    """End offset of the byte string whose head is at ``pos``, when it fits in ``data``; else None."""
+    size = len(data)
+    if pos >= size or data[pos] >> 5 != 2:
+        return None
+    info = data[pos] & 0x1F
+    if info < 24:
+        start, length = pos + 1, info
+    elif info <= 27:
+        width = 1 << (info - 24)
+        start = pos + 1 + width
+        if start > size:
+            return None
+        length = int.from_bytes(data[pos + 1 : start], "big")
+    else:
+        return None
+    end = start + length
+    return end if end <= size else None
+
+
+def _fits_message(data: bytes, pos: int) -> bool:
+    """Whether a COSE_Sign1 message shaped like ours (protected header, ``{}``, payload, 64-byte
+    signature) starts at ``pos`` and fits in ``data``: a constant-time look at its four heads."""
+    protected = _bstr_end(data, pos + 2)
+    if protected is None or not data.startswith(_PROTECTED_START, pos + 2 + _head_len(data[pos + 2])):
+        return False
+    if protected >= len(data) or data[protected] != 0xA0:
+        return False
+    payload = _bstr_end(data, protected + 1)
+    return payload is not None and data.startswith(b"\x58\x40", payload) and payload + 66 <= len(data)
+
+
+def _head_len(initial: int) -> int:
+    """Bytes in a CBOR head whose first byte is ``initial`` (additional information up to 27)."""
+    info = initial & 0x1F
+    return 1 if info < 24 else 1 + (1 << (info - 24))
+
+
 def _next_whole_message(data: bytes, start: int) -> int | None:
-    """Offset of the first whole, well-formed COSE_Sign1 message at or after ``start``, if any.
+    """Offset of the first COSE_Sign1 message that fits whole at or after ``start``, if any.
 
     A crash leaves at most a prefix of one record at the end; a "torn tail" holding a whole record
-    is a damaged length field earlier on, and must not be truncated away.
+    is a damaged length field earlier on, and must not be truncated away. Each candidate is
+    looked at in constant time (its heads only), so the search is linear in the tail's size.
     """
-    pos = data.find(b"\xd2\x84", start)
+    pos = data.find(_SIGN1_START, start)
     while pos >= 0:
-        try:
-            cose.parse(dcbor.decode_item(data, pos, tags=cose.COSE_TAGS)[0])
-        except AslError:
-            pos = data.find(b"\xd2\x84", pos + 1)
-            continue
-        return pos
+        if _fits_message(data, pos):
+            return pos
+        pos = data.find(_SIGN1_START, pos + 1)
     return None
 
 
+#: The most a head cache or a checkpoint can hold (both are a few hundred bytes).
+HEAD_LIMIT = 512
+CHECKPOINT_LIMIT = 4096
+
+
 def read(path: Path) -> Scan:
-    """Read and split a chain file.
+    """Read and split a chain file (a regular file, not through a symlink).
 
     Raises:
-        ChainError: the file cannot be read or holds a malformed item.
+        ChainError: the file cannot be read, is not a regular file, or holds a malformed item.
     """
     try:
-        data = path.read_bytes()
+        fd, size = safeio.open_regular(path, what="chain")
+        try:
+            data = os.pread(fd, size, 0)
+        finally:
+            os.close(fd)
     except OSError as exc:
-        raise ChainError(f"{path}: cannot read chain: {exc.strerror}") from None
+        raise ChainError(f"{path}: cannot read chain: {safeio.describe(exc)}") from None
     return split(data, name=str(path))
 
 
@@ -105,13 +173,15 @@ def locked(prov: ProvenanceDir) -> Iterator[None]:
     """Hold the chain's exclusive append lock.
 
     Raises:
-        ChainError: the lock file cannot be opened.
+        ChainError: the lock file cannot be opened (or is a symlink or not a regular file).
     """
     try:
-        fd = os.open(prov.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(prov.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         raise ChainError(f"{prov.lock}: cannot open lock file: {exc.strerror}") from None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ChainError(f"{prov.lock}: lock file is not a regular file")
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
@@ -129,15 +199,20 @@ class Head:
 
 
 def _head_from_item(item: Item) -> Head:
-    msg = cose.parse(dcbor.decode_item(item.raw, tags=cose.COSE_TAGS)[0])
+    """The head after ``item``, which must be exactly one COSE_Sign1 message (no trailing bytes)."""
+    msg = cose.parse(dcbor.decode(item.raw, tags=cose.COSE_TAGS))
     record = StepRecord.from_cbor(msg.payload)
     return Head(chain=record.chain, next_seq=record.seq + 1, prev=item.digest, end=item.offset + len(item.raw))
 
 
 def _read_cached_head(prov: ProvenanceDir, fd: int, size: int) -> Head | None:
-    """The head cache, if it is consistent with the chain bytes (else None: rescan)."""
+    """The head cache, if it is consistent with the chain bytes (else None: rescan).
+
+    The cached range must end at the chain's end and hold exactly one whole message whose digest
+    the cache names; anything else (a range of two items, a bad digest) means "rescan".
+    """
     try:
-        value = dcbor.decode(prov.head.read_bytes())
+        value = dcbor.decode(safeio.read_regular(prov.head, limit=HEAD_LIMIT, what="head cache"))
     except (OSError, CborError):
         return None
     if not isinstance(value, dict):
@@ -158,12 +233,17 @@ def _read_cached_head(prov: ProvenanceDir, fd: int, size: int) -> Head | None:
 
 def _write_head(prov: ProvenanceDir, item: Item) -> None:
     data = dcbor.encode({"start": item.offset, "end": item.offset + len(item.raw), "digest": item.digest})
-    tmp = prov.head.with_name(f".head.{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, prov.head)
-    except OSError:
-        tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # advisory: a missing or stale cache only means a rescan
+        safeio.replace_atomically(prov.head, data, durable=False)
+
+
+def read_checkpoint(prov: ProvenanceDir) -> bytes:
+    """The bytes of ``checkpoint.cose`` (a regular file of at most :data:`CHECKPOINT_LIMIT` bytes).
+
+    Raises:
+        OSError: it is missing, unreadable, not a regular file, a symlink or too large.
+    """
+    return safeio.read_regular(prov.checkpoint, limit=CHECKPOINT_LIMIT, what="checkpoint")
 
 
 def _write_checkpoint(prov: ProvenanceDir, signer: MessageSigner, record: StepRecord, item: Item) -> None:
@@ -173,20 +253,16 @@ def _write_checkpoint(prov: ProvenanceDir, signer: MessageSigner, record: StepRe
     older checkpoint is put back too (the signed release manifest anchors that case).
 
     Raises:
-        ChainError: the checkpoint cannot be written (the record itself is already durable).
+        CheckpointError: the checkpoint cannot be written (the record itself is already durable,
+            and the previous checkpoint is left in place).
     """
     payload = Checkpoint(chain=record.chain, seq=record.seq, digest=item.digest).to_cbor()
     data = signer.sign_message(payload, content_type=CHECKPOINT_CONTENT_TYPE)
-    tmp = prov.checkpoint.with_name(f".checkpoint.{os.getpid()}")
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, prov.checkpoint)
+        safeio.replace_atomically(prov.checkpoint, data)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ChainError(f"{prov.checkpoint}: cannot write checkpoint: {exc.strerror}") from None
+        raise CheckpointError(f"record seq {record.seq} was appended, but {prov.checkpoint} could not be updated: "
+                              f"{exc.strerror} (the previous checkpoint still holds)", seq=record.seq) from None
 
 
 def _current_head(prov: ProvenanceDir, fd: int) -> Head:
@@ -199,7 +275,8 @@ def _current_head(prov: ProvenanceDir, fd: int) -> Head:
     data = os.pread(fd, size, 0)
     scan = split(data, name=str(prov.chain))
     if scan.torn is not None:
-        raise TornTailError(str(prov.chain), offset=scan.torn[0], length=scan.torn[1], records=len(scan.items))
+        raise TornTailError(str(prov.chain), offset=scan.torn[0], length=scan.torn[1], records=len(scan.items),
+                            zeros=scan.zeros)
     try:
         return _head_from_item(scan.items[-1])
     except AslError as exc:
@@ -232,11 +309,11 @@ def current_head(prov: ProvenanceDir) -> Head:
         ChainError: the chain cannot be read or its last record cannot be read.
     """
     try:
-        fd = os.open(prov.chain, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd, _size = safeio.open_regular(prov.chain, what="chain")
     except FileNotFoundError:
         return Head(chain=None, next_seq=0, prev=None, end=0)
     except OSError as exc:
-        raise ChainError(f"{prov.chain}: cannot open chain: {exc.strerror}") from None
+        raise ChainError(f"{prov.chain}: cannot open chain: {safeio.describe(exc)}") from None
     try:
         return _current_head(prov, fd)
     finally:
@@ -245,9 +322,16 @@ def current_head(prov: ProvenanceDir) -> Head:
 
 def _open_chain(prov: ProvenanceDir) -> int:
     try:
-        return os.open(prov.chain, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        fd = os.open(prov.chain, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     0o644)
     except OSError as exc:
-        raise ChainError(f"{prov.chain}: cannot open chain: {exc.strerror}") from None
+        reason = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror
+        raise ChainError(f"{prov.chain}: cannot open chain: {reason}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ChainError(f"{prov.chain}: chain is not a regular file")
+    os.set_blocking(fd, True)
+    return fd
 
 
 def append(
@@ -260,12 +344,14 @@ def append(
     """Append the record ``build(head)`` returns, signed; return it as appended and its item.
 
     The chain fields of the built record are ignored: ``chain``, ``seq`` and ``prev`` are set under
-    the lock (:meth:`StepRecord.linked`), so concurrent appenders never fork the chain.
+    the lock (:meth:`StepRecord.linked`), so concurrent appenders never fork the chain. A write that
+    fails part-way (a full disk) is cut back, so the chain ends where it did.
 
     Raises:
         TornTailError: the chain ends with a partial record; nothing is written.
         FormatError: the record breaks the format (a bug in the caller); nothing is written.
-        ChainError: the chain cannot be opened or written.
+        ChainError: the chain cannot be opened or written (it is left as it was).
+        CheckpointError: the record was appended but the checkpoint could not be updated.
     """
     with locked(prov):
         fd = _open_chain(prov)
@@ -276,13 +362,13 @@ def append(
             payload = record.to_cbor()
             StepRecord.from_cbor(payload)  # never sign what a verifier would reject
             raw = signer.sign_message(payload, content_type=STEP_CONTENT_TYPE)
-            written = 0
             try:
-                while written < len(raw):
-                    written += os.write(fd, raw[written:])
+                safeio.write_all(fd, raw)
                 os.fsync(fd)
             except OSError as exc:
-                raise ChainError(f"{prov.chain}: cannot append record: {exc.strerror}") from None
+                _cut_back(fd, head.end)
+                message = f"{prov.chain}: cannot append record: {exc.strerror}; the chain is unchanged"
+                raise ChainError(message) from None
             item = Item(head.end, raw)
             _write_head(prov, item)
             _write_checkpoint(prov, signer, record, item)
@@ -291,73 +377,96 @@ def append(
             os.close(fd)
 
 
+def _cut_back(fd: int, end: int) -> None:
+    """Remove what a failed append wrote past ``end`` (truncating frees space, so it succeeds on a
+    full disk); if even that fails, the bytes stay and are found as a torn tail."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, end)
+        os.fsync(fd)
+
+
 @dataclass(frozen=True, slots=True)
 class RepairResult:
-    """What :func:`repair` did: bytes removed, where, where a copy of them was kept, and the checkpoint."""
+    """What :func:`repair` did: bytes removed, where, and where a copy of them was kept."""
 
     removed: int
     offset: int
     records: int
     saved: Path | None
-    #: "ok", "re-signed" (it vouched for the torn record; now for the last whole one) or "stale"
-    #: (it vouches for a record that is gone and no signing key was available to re-sign it).
-    checkpoint: str = "ok"
+    zeros: bool = False
 
 
 def _checkpoint_seq(prov: ProvenanceDir) -> int | None:
     """The seq the current checkpoint vouches for (unverified: repair only compares it), or None."""
     try:
-        msg = cose.parse(dcbor.decode(prov.checkpoint.read_bytes(), tags=cose.COSE_TAGS))
+        msg = cose.parse(dcbor.decode(read_checkpoint(prov), tags=cose.COSE_TAGS))
         return Checkpoint.from_cbor(msg.payload).seq
     except (OSError, AslError):
         return None
 
 
-def repair(prov: ProvenanceDir, *, signer: Callable[[], MessageSigner] | None = None) -> RepairResult:
+def repair(prov: ProvenanceDir, *, kid: bytes | None = None) -> RepairResult:
     """Truncate a torn tail (after saving a copy of its bytes beside the chain).
 
-    Whole records are never touched; a malformed record in the middle is refused. When the signed
-    checkpoint vouches for a record that is no longer whole, it is re-signed for the last whole
-    record with the key ``signer()`` loads; without one the checkpoint is left (and reported) stale.
+    Only bytes a crash mid-append can leave are removed: a partial last record, or zero bytes. A
+    record the signed checkpoint vouches for was complete and fsynced before the checkpoint was
+    written, so a crash cannot have torn it: such damage is refused, never cut. Repair never signs
+    anything. With ``kid``, the chain's last whole record must be signed by that key.
 
     Raises:
-        ChainError: the chain cannot be read or written, or is corrupt before its tail.
-        KeyFileError: ``signer()`` could not load the key needed to re-sign the checkpoint.
+        ChainError: the chain cannot be read or written, is corrupt before its tail, its checkpoint
+            vouches for records that are missing or damaged, or ``kid`` did not sign it.
     """
     with locked(prov):
         fd = _open_chain(prov)
         try:
             size = os.fstat(fd).st_size
             scan = split(os.pread(fd, size, 0), name=str(prov.chain))
-            offset, length, saved = size, 0, None
-            if scan.torn is not None:
-                offset, length = scan.torn
-                saved = prov.root / f"torn-at-{offset}.bin"
-                try:
-                    saved.write_bytes(os.pread(fd, length, offset))
-                    os.ftruncate(fd, offset)
-                    os.fsync(fd)
-                except OSError as exc:
-                    raise ChainError(f"{prov.chain}: cannot truncate torn tail: {exc.strerror}") from None
-                prov.head.unlink(missing_ok=True)
-            return RepairResult(removed=length, offset=offset, records=len(scan.items), saved=saved,
-                                checkpoint=_reconcile_checkpoint(prov, scan.items, signer))
+            if kid is not None and scan.items:
+                signed_by = cose.parse(scan.items[-1].value).kid
+                if signed_by != kid:
+                    raise ChainError(f"{prov.chain}: the key given (id {kid.hex()[:16]}) did not sign this chain "
+                                     f"(its last record is signed by {signed_by.hex()[:16]})")
+            vouched = _checkpoint_seq(prov)
+            if vouched is not None and vouched >= len(scan.items):
+                where = (f"the damaged bytes at byte offset {scan.torn[0]}" if scan.torn is not None
+                         else "the end of the chain")
+                raise ChainError(
+                    f"{prov.chain}: the signed checkpoint vouches for record seq {vouched}, but only "
+                    f"{len(scan.items)} whole record(s) precede {where}: a record the checkpoint vouches for was "
+                    f"complete when it was written, so this is damage or tampering, not a crash; repair refuses "
+                    f"to remove it")
+            if scan.torn is None:
+                return RepairResult(removed=0, offset=size, records=len(scan.items), saved=None)
+            offset, length = scan.torn
+            try:
+                saved = _save_torn(prov, os.pread(fd, length, offset), offset)
+                os.ftruncate(fd, offset)
+                os.fsync(fd)
+            except OSError as exc:
+                raise ChainError(f"{prov.chain}: cannot truncate torn tail: {exc.strerror}") from None
+            with contextlib.suppress(FileNotFoundError):
+                prov.head.unlink()
+            return RepairResult(removed=length, offset=offset, records=len(scan.items), saved=saved, zeros=scan.zeros)
         finally:
             os.close(fd)
 
 
-def _reconcile_checkpoint(
-    prov: ProvenanceDir, items: tuple[Item, ...], signer: Callable[[], MessageSigner] | None,
-) -> str:
-    """Re-sign a checkpoint that vouches beyond the last whole record (see :class:`RepairResult`)."""
-    vouched = _checkpoint_seq(prov)
-    if vouched is None or vouched < len(items):
-        return "ok"
-    if not items:
-        prov.checkpoint.unlink(missing_ok=True)
-        return "re-signed"
-    if signer is None:
-        return "stale"
-    last = items[-1]
-    _write_checkpoint(prov, signer(), StepRecord.from_cbor(cose.parse(last.value).payload), last)
-    return "re-signed"
+def _save_torn(prov: ProvenanceDir, data: bytes, offset: int) -> Path:
+    """Keep the torn bytes in a new file ``torn-at-<offset>[.N].bin`` (never an existing one)."""
+    for n in range(1000):
+        path = prov.root / (f"torn-at-{offset}.bin" if n == 0 else f"torn-at-{offset}.{n}.bin")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            continue
+        try:
+            safeio.write_all(fd, data)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return path
+    raise OSError(17, "too many earlier copies of torn bytes at this offset")

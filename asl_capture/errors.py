@@ -63,14 +63,23 @@ class ChainError(AslError):
 class TornTailError(ChainError):
     """The chain ends with a partial record (a crash while appending)."""
 
-    def __init__(self, path: str, *, offset: int, length: int, records: int) -> None:
+    def __init__(self, path: str, *, offset: int, length: int, records: int, zeros: bool = False) -> None:
+        what = "zero-filled tail" if zeros else "torn tail"
         super().__init__(
-            f"{path}: torn tail of {length} bytes at byte offset {offset} after {records} whole "
+            f"{path}: {what} of {length} bytes at byte offset {offset} after {records} whole "
             f"record(s); run 'asl-chain repair' to truncate it"
         )
         self.offset = offset
         self.length = length
         self.records = records
+
+
+class CheckpointError(ChainError):
+    """A record was appended but the signed checkpoint could not be updated (the older one holds)."""
+
+    def __init__(self, message: str, *, seq: int) -> None:
+        super().__init__(message)
+        self.seq = seq
 
 
 class CaptureError(AslError):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asl_capture import chain, cose, dcbor
+from asl_capture import chain, cose, dcbor, safeio
 from asl_capture.errors import CborError, ChainError, StoreError, VerificationError
 from asl_capture.format import CHECKPOINT_CONTENT_TYPE, STEP_CONTENT_TYPE, Changes, Checkpoint, Manifest, StepRecord
 from asl_capture.hashing import available_cpus
@@ -151,9 +151,11 @@ def _check_checkpoint(
         return VerificationError(f"{prov.checkpoint.name}: {message}", check="linkage")
 
     try:
-        raw = prov.checkpoint.read_bytes()
-    except OSError:
+        raw = chain.read_checkpoint(prov)
+    except FileNotFoundError:
         raise fail("no signed checkpoint: records cut from the end of the chain could not be detected") from None
+    except OSError as exc:
+        raise fail(f"cannot be read: {safeio.describe(exc)}") from None
     try:
         msg = cose.parse(dcbor.decode(raw, tags=cose.COSE_TAGS))
     except (CborError, VerificationError) as exc:
@@ -283,11 +285,12 @@ class _Objects:
         if changes != (outs.created, outs.modified, outs.deleted):
             raise fail("outputs", f"created {outs.created}, modified {outs.modified}, deleted {outs.deleted}, "
                                   f"but the change list has {changes[0]}, {changes[1]}, {changes[2]}")
-        logs = [("stdout.digest", record.stdout.digest), ("stderr.digest", record.stderr.digest)]
-        attached = [(f"attached[{i}].digest", a.digest) for i, a in enumerate(record.attached or ())]
-        for field, digest in logs + attached:
+        logs = [("stdout.digest", record.stdout.digest, record.stdout.size),
+                ("stderr.digest", record.stderr.digest, record.stderr.size)]
+        attached = [(f"attached[{i}].digest", a.digest, a.size) for i, a in enumerate(record.attached or ())]
+        for field, digest, size in logs + attached:
             if digest not in self.checked:
-                problem = self.store.check(digest)
+                problem = self.store.check(digest, size=size)
                 if problem is not None:
                     raise fail(field, problem)
                 self.checked.add(digest)
@@ -346,8 +349,10 @@ def _status(records: list[StepRecord]) -> tuple[StepNode, ...]:
                                     check="status", record=index)
         children.setdefault(parent, []).append(index)
 
-    def node(index: int) -> StepNode:
-        record = records[index]
-        return StepNode(seq=index, record=record, children=tuple(node(c) for c in children.get(record.id, [])))
-
-    return tuple(node(i) for i, r in enumerate(records) if r.parent is None)
+    # Children land before their parent, so building nodes in seq order finds every child built
+    # already: no recursion, whatever the nesting depth.
+    nodes: dict[int, StepNode] = {}
+    for index, record in enumerate(records):
+        nodes[index] = StepNode(seq=index, record=record,
+                                children=tuple(nodes.pop(c) for c in children.get(record.id, [])))
+    return tuple(nodes[i] for i, r in enumerate(records) if r.parent is None)

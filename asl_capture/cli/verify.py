@@ -24,22 +24,45 @@ def cli() -> None:
     """Verify asl-capture provenance offline."""
 
 
-def _node_json(node: StepNode) -> dict[str, Any]:
-    r = node.record
-    return {
-        "seq": node.seq, "step": r.step, "status": r.status, "exit": r.exit, "id": r.id.hex(),
-        "started_ns": r.started, "finished_ns": r.finished, "duration_ns": r.finished - r.started,
-        "children": [_node_json(c) for c in node.children],
-    }
+def _node_json(top: StepNode) -> dict[str, Any]:
+    """The JSON of a step and its descendants, built without recursion (nesting has no limit)."""
+    def one(node: StepNode) -> dict[str, Any]:
+        r = node.record
+        return {
+            "seq": node.seq, "step": r.step, "status": r.status, "exit": r.exit, "id": r.id.hex(),
+            "started_ns": r.started, "finished_ns": r.finished, "duration_ns": r.finished - r.started,
+            "children": [],
+        }
+
+    root = one(top)
+    stack = [(top, root)]
+    while stack:
+        node, out = stack.pop()
+        for child in node.children:
+            child_out = one(child)
+            out["children"].append(child_out)
+            stack.append((child, child_out))
+    return root
 
 
-def _tree_lines(nodes: tuple[StepNode, ...], depth: int = 0) -> list[str]:
+def _depth(nodes: tuple[StepNode, ...]) -> int:
+    deepest, stack = 0, [(n, 1) for n in nodes]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((c, depth + 1) for c in node.children)
+    return deepest
+
+
+def _tree_lines(nodes: tuple[StepNode, ...]) -> list[str]:
     lines: list[str] = []
-    for node in nodes:
+    stack = [(n, 0) for n in reversed(nodes)]
+    while stack:
+        node, depth = stack.pop()
         r = node.record
         seconds = (r.finished - r.started) / 1e9
         lines.append(f"  {'  ' * depth}#{node.seq} {r.step}: {r.status} (exit {r.exit}, {seconds:.2f} s)")
-        lines.extend(_tree_lines(node.children, depth + 1))
+        stack.extend((c, depth + 1) for c in reversed(node.children))
     return lines
 
 
@@ -66,7 +89,14 @@ def chain_cmd(directory: Path, trust: tuple[Path, ...], as_json: bool) -> None:
     except AslError as exc:
         error = exc
     if as_json:
-        click.echo(json.dumps(_json(directory, checks, report, error), indent=2, sort_keys=True))
+        document = _json(directory, checks, report, error)
+        limit = sys.getrecursionlimit()
+        # json's encoder recurses once per nesting level: allow the tree's depth (two levels per step)
+        sys.setrecursionlimit(max(limit, 2 * _depth(report.tree if report is not None else ()) + 200))
+        try:
+            click.echo(json.dumps(document, indent=2, sort_keys=True))
+        finally:
+            sys.setrecursionlimit(limit)
     elif report is not None:
         click.echo("steps:")
         for line in _tree_lines(report.tree):

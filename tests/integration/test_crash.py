@@ -93,7 +93,11 @@ def test_torn_tail_blocks_appends_until_repaired(cli_env: dict[str, str], keypai
     work.mkdir()
     prov = Path(cli_env["ASL_CAPTURE_DIR"])
     for n in range(3):
+        if n == 2:
+            checkpoint = (prov / "checkpoint.cose").read_bytes()
         assert cli("asl-capture", "--step", f"s{n}", "--", "true", env=cli_env, cwd=work).returncode == 0
+    # a crash while record 2 was being appended: its checkpoint was never written
+    (prov / "checkpoint.cose").write_bytes(checkpoint)
     items = chain.read(prov / "chain.cbor").items
     data = (prov / "chain.cbor").read_bytes()
     for cut in (items[2].offset + 1, items[2].offset + len(items[2].raw) // 2, len(data) - 1):
@@ -147,25 +151,6 @@ def test_repair_refuses_corruption_before_whole_records(
     assert_one_line_error(verify.stderr, "VerificationError")
     assert f"byte offset {items[1].offset}".encode() in verify.stderr
     assert b"torn" not in verify.stderr  # not misreported as an interrupted append
-
-
-def test_repair_without_a_key_leaves_the_checkpoint_stale_then_resigns_it(
-        cli_env: dict[str, str], keypair: KeyPair, tmp_path: Path) -> None:
-    """Cutting into a checkpointed record: repair needs the signing key to re-anchor the checkpoint."""
-    prov = Path(cli_env["ASL_CAPTURE_DIR"])
-    for n in range(2):
-        assert cli("asl-capture", "--step", f"s{n}", "--", "true", env=cli_env, cwd=tmp_path).returncode == 0
-    items = chain.read(prov / "chain.cbor").items
-    (prov / "chain.cbor").write_bytes((prov / "chain.cbor").read_bytes()[: items[1].offset + 10])
-    keyless = {k: v for k, v in cli_env.items() if k != "ASL_CAPTURE_KEY"}
-    stale = cli("asl-chain", "repair", prov, env=keyless)
-    assert stale.returncode == 0
-    assert b"truncated 10 torn byte(s)" in stale.stdout and b"rerun with --key" in stale.stderr
-    failed = _verify(prov, keypair.pub, cli_env)
-    assert failed.returncode == 1 and b"vouches for seq 1 but the chain ends at seq 0" in failed.stderr
-    fixed = cli("asl-chain", "repair", prov, "--key", keypair.key, env=keyless)
-    assert fixed.returncode == 0 and b"checkpoint re-signed for the last whole record (seq 0)" in fixed.stdout
-    assert _verify(prov, keypair.pub, cli_env).returncode == 0
 
 
 def test_crash_between_record_and_checkpoint_still_verifies(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from asl_capture.manifest import Manifest
+from asl_capture.format import Manifest
 from tests.conftest import KeyPair, cli
 from tests.integration.records import assert_one_line_error, object_bytes, read_records
 
@@ -25,12 +25,7 @@ def test_exclusion_patterns_are_recorded_in_every_manifest(tmp_path: Path, cli_e
     result = cli("asl-capture", "--exclude", "*.o", "--", "sh", "-c", "echo > out.o", env=cli_env, cwd=work)
     assert result.returncode == 0, result.stderr
     record = read_records(prov, keypair.pub)[-1]
-    inputs = record.body["inputs"]
-    outputs = record.body["outputs"]
-    assert isinstance(inputs, dict) and isinstance(outputs, dict)
-    for section, key in ((inputs, "manifest"), (outputs, "manifest"), (outputs, "before")):
-        digest = section[key]
-        assert isinstance(digest, bytes)
+    for digest in (record.inputs.manifest, record.outputs.manifest, record.outputs.before):
         assert _manifest(prov, digest).exclude == ("*.o", "*")
 
 
@@ -39,9 +34,8 @@ def test_no_exclusions_no_exclude_field(tmp_path: Path, cli_env: dict[str, str],
     work.mkdir()
     prov = tmp_path / "prov"
     assert cli("asl-capture", "--", "true", env=cli_env, cwd=work).returncode == 0
-    inputs = read_records(prov, keypair.pub)[-1].body["inputs"]
-    assert isinstance(inputs, dict) and isinstance(inputs["manifest"], bytes)
-    assert b"exclude" not in object_bytes(prov, inputs["manifest"])
+    inputs = read_records(prov, keypair.pub)[-1].inputs
+    assert b"exclude" not in object_bytes(prov, inputs.manifest)
 
 
 def test_a_missing_root_is_refused_before_the_command_runs(tmp_path: Path, cli_env: dict[str, str]) -> None:
@@ -62,9 +56,8 @@ def test_a_provenance_directory_reached_through_a_symlink_is_excluded(tmp_path: 
     for _ in range(2):
         result = cli("asl-capture", "--", "true", env=cli_env, cwd=work)
         assert result.returncode == 0, result.stderr
-    inputs = read_records(work / "prov", keypair.pub)[-1].body["inputs"]
-    assert isinstance(inputs, dict) and isinstance(inputs["manifest"], bytes)
-    paths = {e.path for e in _manifest(work / "prov", inputs["manifest"]).entries}
+    inputs = read_records(work / "prov", keypair.pub)[-1].inputs
+    paths = {e.path for e in _manifest(work / "prov", inputs.manifest).entries}
     assert paths == {b"."}, paths
 
 
