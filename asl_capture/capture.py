@@ -20,7 +20,7 @@ from asl_capture import chain, envpolicy, gcpause, projectconfig
 from asl_capture.agent import ENV_AGENT, AgentSigner, SigningAgent, connect
 from asl_capture.context import host_info, read_sources, vcs_info
 from asl_capture.cose import MessageSigner
-from asl_capture.errors import AslError, CaptureError, RecordWriteError, UsageError
+from asl_capture.errors import AslError, CaptureError, CheckpointError, RecordWriteError, UsageError
 from asl_capture.format import Attachment, Inputs, Log, Manifest, Outputs, Source, StepRecord, Vcs, diff
 from asl_capture.hashing import Hasher
 from asl_capture.keys import (
@@ -33,7 +33,7 @@ from asl_capture.keys import (
 )
 from asl_capture.manifest import Excluder, label_for, snapshot
 from asl_capture.projectconfig import ProjectConfig
-from asl_capture.runner import RunResult, release_signals, run
+from asl_capture.runner import RunResult, StoredLog, release_signals, run
 from asl_capture.statcache import StatCache
 from asl_capture.store import ObjectStore, ProvenanceDir
 
@@ -180,7 +180,7 @@ def _capture(config: CaptureConfig, notify: Callable[[str], None]) -> CaptureOut
     vcs = vcs_info(cwd)
 
     run_id = secrets.token_bytes(16)
-    parent = _parent(config.environ)
+    parent = _parent(config.environ, prov)
     child_env = {k: v for k, v in config.environ.items() if k not in KEY_ENV}
     child_env[ENV_DIR] = str(prov.root)
     child_env[ENV_PARENT] = run_id.hex()
@@ -188,6 +188,7 @@ def _capture(config: CaptureConfig, notify: Callable[[str], None]) -> CaptureOut
     before = _Before(prov=prov, signer=signer, store=store, cwd=cwd, take=take, inputs=inputs,
                      outputs_before=outputs_before, out_roots=out_roots, cache=cache,
                      sources_stamp=sources_stamp, vcs=vcs, run_id=run_id, parent=parent)
+    _check_encodable(config, before)
     # A capture holding the key itself serves it to the captures nested in its command; one that
     # signs through an agent passes that agent on (ASL_CAPTURE_AGENT is inherited unchanged).
     agent = SigningAgent(signer=signer, prov=prov) if isinstance(signer, Signer) else None
@@ -231,6 +232,9 @@ class _Before:
 def _record(config: CaptureConfig, b: _Before, result: RunResult) -> CaptureOutcome:
     """After the command ran: snapshot outputs, store objects, sign and append the record."""
     cwd, store, inputs, outputs_before = b.cwd, b.store, b.inputs, b.outputs_before
+    if result.store_error is not None:
+        code = "never started" if result.returncode is None else f"exit {result.returncode}"
+        raise RecordWriteError(f"the command ran ({code}) but nothing was recorded: {result.store_error}")
     errors: list[str] = []
     if result.start_error:
         errors.append(result.start_error)
@@ -273,6 +277,8 @@ def _record(config: CaptureConfig, b: _Before, result: RunResult) -> CaptureOutc
     try:
         record, _item = chain.append(b.prov, b.signer, lambda _head: draft,
                                      new_chain_id=lambda: secrets.token_bytes(16))
+    except CheckpointError as exc:
+        raise RecordWriteError(str(exc)) from None
     except AslError as exc:
         raise RecordWriteError(f"the command ran but its record could not be appended: {exc}") from None
     return CaptureOutcome(exit_code=_exit_code(result, errors), record=record, seq=record.seq)
@@ -362,7 +368,15 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _parent(environ: Mapping[str, str]) -> bytes | None:
+def _parent(environ: Mapping[str, str], prov: ProvenanceDir) -> bytes | None:
+    """The enclosing capture's id, when it records into the same provenance directory as this one:
+    a parent in another chain could never be found by that chain's verifier."""
+    outer = environ.get(ENV_DIR)
+    try:
+        if not outer or not os.path.samefile(outer, prov.root):
+            return None
+    except OSError:
+        return None
     value = environ.get(ENV_PARENT, "")
     try:
         raw = bytes.fromhex(value)
@@ -390,8 +404,9 @@ def _exit_code(result: RunResult, errors: list[str]) -> int:
 
 
 def _text(value: str) -> str | bytes:
-    """Command-line text as recorded: UTF-8 text, or raw bytes when it is not valid UTF-8."""
-    raw = os.fsencode(value)
+    """Text as recorded: UTF-8 text, or raw bytes when it is not valid UTF-8 (``value`` comes from
+    the OS, so undecodable bytes are surrogate escapes, which :func:`os.fsencode` turns back)."""
+    raw = value.encode("utf-8", "surrogateescape")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -402,18 +417,30 @@ def _draft(
     config: CaptureConfig, b: _Before, result: RunResult, errors: list[str], trees: tuple[Inputs, Outputs],
     sources: tuple[Source, ...] | None,
 ) -> StepRecord:
-    """The record, with placeholder chain fields (:func:`chain.append` sets them under the lock)."""
+    """The record, with placeholder chain fields (:func:`chain.append` sets them under the lock).
+
+    Every piece of text from outside (arguments, names, the environment, error messages) is
+    recorded as UTF-8 text, or as bytes when it is not valid UTF-8, so it always encodes.
+    """
     hidden = envpolicy.secret_values(config.environ)
     sde = config.environ.get("SOURCE_DATE_EPOCH", "")
+    env: dict[str, str | bytes | None] = {}
+    env_bytes: list[tuple[bytes, str | bytes | None]] = []
+    for name, value in envpolicy.recorded_env(config.environ).items():
+        shown = None if value is None else _text(envpolicy.mask(value, hidden))
+        key = _text(name)
+        if isinstance(key, str):
+            env[key] = shown
+        else:
+            env_bytes.append((key, shown))
     return StepRecord(
         chain=bytes(16), seq=0, prev=None,
         id=b.run_id,
         parent=b.parent,
-        step=envpolicy.mask(config.step or os.path.basename(config.argv[0]) or config.argv[0], hidden),
-        argv=tuple(_text(envpolicy.mask(a, hidden)) for a in config.argv),
+        step=_text(envpolicy.mask(config.step or os.path.basename(config.argv[0]) or config.argv[0], hidden)),
+        argv=tuple(_text(a) for a in envpolicy.mask_argv(config.argv, hidden)),
         cwd=_text(envpolicy.mask(str(b.cwd), hidden)),
-        env={k: (None if v is None else envpolicy.mask(v, hidden))
-             for k, v in envpolicy.recorded_env(config.environ).items()},
+        env=env,
         started=result.started,
         finished=result.finished,
         exit=result.returncode if result.returncode is not None else EXIT_CANNOT_START,
@@ -426,6 +453,26 @@ def _draft(
         source_date_epoch=int(sde) if sde.isdigit() else None,
         sources=sources,
         vcs=b.vcs,
-        error=envpolicy.mask("; ".join(errors), hidden) if errors else None,
+        error=_text(envpolicy.mask("; ".join(errors), hidden)) if errors else None,
         signals=tuple(result.signals) if result.signals else None,
+        env_bytes=tuple(sorted(env_bytes)) if env_bytes else None,
     )
+
+
+def _check_encodable(config: CaptureConfig, b: _Before) -> None:
+    """Build and encode the record this capture will write, with placeholder results, before the
+    command runs: whatever cannot be recorded fails now, not after the step has had its effects.
+
+    Raises:
+        CaptureError: the record could not be encoded (names the reason).
+    """
+    placeholder = StoredLog(digest=bytes(32), size=0)
+    result = RunResult(returncode=0, start_error=None, signals=(), stdout=placeholder, stderr=placeholder,
+                       started=0, finished=0)
+    trees = (Inputs(manifest=bytes(32), entries=0, files=0),
+             Outputs(manifest=bytes(32), before=bytes(32), changes=bytes(32), entries=0, files=0, created=0,
+                     modified=0, deleted=0))
+    try:
+        StepRecord.from_cbor(_draft(config, b, result, ["x"], trees, None).to_cbor())
+    except (AslError, ValueError) as exc:  # UnicodeError is a ValueError
+        raise CaptureError(f"the step's record could not be encoded, so the command was not run: {exc}") from None

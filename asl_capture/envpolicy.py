@@ -1,10 +1,13 @@
-"""Which parts of the environment a record may hold.
+"""Which parts of the environment and command line a record may hold (docs/FORMAT.md section 7).
 
 Values are recorded only for an allow-list of variables that shape a build (``PATH``, locale,
 ``TZ``, ``SOURCE_DATE_EPOCH``, ...); other variables are recorded by name only. A variable whose
-name contains TOKEN, SECRET, PASSWORD, PASSPHRASE, KEY, CREDENTIAL or AUTH never has its value
-recorded anywhere, and such values (8 characters or longer) are also masked in the recorded
-command line and working directory.
+name looks secret (:data:`SECRET_NAME`, or a name ending in ``PWD`` other than ``PWD`` and
+``OLDPWD``) never has its value recorded anywhere, and such values (8 characters or longer) are
+also masked wherever else they appear. Independently of the environment, credentials are masked
+in recorded text: the password of a URL's user information, the value of ``--*pass*=``,
+``--*token*=``, ``--*secret*=``, ``--*credential*=`` and ``--*api-key*=`` options (and of the
+same options given as a separate next argument), and ``-pVALUE`` (MySQL style).
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|KEY|CREDENTIAL|AUTH|COOKIE|PRIVATE",
-                         re.IGNORECASE)
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASS|KEY|CREDENTIAL|AUTH|COOKIE|PRIVATE|PWD$", re.IGNORECASE)
+#: Names that end in PWD but hold a directory, not a password.
+_NOT_SECRET = frozenset({"PWD", "OLDPWD"})
 ALLOWED = frozenset({
     "PATH", "LANG", "LANGUAGE", "TZ", "SOURCE_DATE_EPOCH", "HOME", "USER", "LOGNAME", "SHELL", "TERM",
     "PWD", "TMPDIR", "UMASK", "PYTHONHASHSEED", "DEB_BUILD_OPTIONS", "DEBIAN_FRONTEND", "CI",
@@ -26,7 +30,7 @@ MASK = "<redacted>"
 
 def is_secret(name: str) -> bool:
     """True when a variable's value must never be recorded."""
-    return SECRET_NAME.search(name) is not None
+    return name.upper() not in _NOT_SECRET and SECRET_NAME.search(name) is not None
 
 
 def recorded_env(environ: Mapping[str, str]) -> dict[str, str | None]:
@@ -45,8 +49,56 @@ def secret_values(environ: Mapping[str, str]) -> list[str]:
 
 
 def mask(text: str, secrets: Sequence[str]) -> str:
-    """``text`` with every secret value replaced by :data:`MASK`."""
+    """``text`` with every secret value replaced by :data:`MASK`, and URL passwords masked."""
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, MASK)
+    if "@" in text:
+        text = _URL_USERINFO.sub(lambda m: f"{m.group(1)}:{MASK}@", text)
+        text = _HTTP_TOKEN_USER.sub(lambda m: f"{m.group(1)}{MASK}@", text)
     return text
+
+
+#: ``scheme://user:password@``: the password part (up to the last '@' before the host's '/').
+_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/:@\s]*):[^/\s]*@")
+#: ``http(s)://TOKEN@``: a user name alone, which over HTTP is how access tokens are usually passed.
+_HTTP_TOKEN_USER = re.compile(r"((?:git\+)?https?://)(?!<redacted>)[^/:@\s]+@", re.IGNORECASE)
+#: An option whose value is a credential: ``--password``, ``--db-pass``, ``--api-token``, ``--client-secret``.
+_SECRET_OPTION = re.compile(r"--?[A-Za-z0-9_-]*(?:pass|token|secret|credential|api[-_]?key)[A-Za-z0-9_-]*",
+                            re.IGNORECASE)
+#: Such options that name where a secret is, not the secret (their value is kept).
+_WHERE_SUFFIX = re.compile(r"[-_](?:file|path|env|dir|fd|stdin|cmd|command|helper)$", re.IGNORECASE)
+#: ``-pVALUE`` words that are common options, not a password (compilers, find, patch, cp).
+_P_WORDS = frozenset({
+    "-pthread", "-pthreads", "-pipe", "-pie", "-pg", "-pedantic", "-pedantic-errors", "-print", "-print0",
+    "-printf", "-prune", "-path", "-perm", "-preserve", "-parents", "-pass-exit-codes", "-param",
+})
+
+
+def mask_argv(argv: Sequence[str], secrets: Sequence[str]) -> list[str]:
+    """The command line as recorded: :func:`mask` on each argument, then credential options masked.
+
+    ``--opt=VALUE`` and ``--opt VALUE`` for a credential-named option (not a ``--no-`` flag, not one
+    naming a file, path, variable or command) keep the option and lose the value; ``-pVALUE`` with
+    at least 4 characters of value, other than a known option word, keeps only ``-p``.
+    """
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        text = mask(arg, secrets)
+        if hide_next:
+            hide_next = False
+            out.append(MASK)
+            continue
+        name, eq, _value = text.partition("=")
+        if (text.startswith("--") or eq) and _SECRET_OPTION.fullmatch(name) and not _WHERE_SUFFIX.search(name) \
+                and not name.lower().startswith(("--no-", "--no_")):
+            if eq:
+                text = f"{name}={MASK}"
+            elif name.startswith("--"):
+                hide_next = True
+        elif text.startswith("-p") and not text.startswith("--") and len(text) >= 6 and text not in _P_WORDS \
+                and "=" not in text:
+            text = f"-p{MASK}"
+        out.append(text)
+    return out

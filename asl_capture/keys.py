@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from asl_capture import safeio
 from asl_capture.cose import key_id, raw_public_bytes, sign
 from asl_capture.errors import KeyFileError
 
@@ -89,11 +90,15 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot create: {exc.strerror}") from None
     try:
-        os.fchmod(fd, mode)  # the umask must not widen or narrow what we promise
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        try:
+            os.fchmod(fd, mode)  # the umask must not widen or narrow what we promise
+            safeio.write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        path.unlink(missing_ok=True)  # never leave a partial key that blocks the next attempt
+        raise KeyFileError(f"{path}: cannot write: {exc.strerror}") from None
 
 
 def generate(name: str, *, directory: Path, passphrase: bytes | None = None) -> tuple[Path, Path, bytes]:
@@ -123,7 +128,11 @@ def generate(name: str, *, directory: Path, passphrase: bytes | None = None) -> 
     if pub_path.exists():
         raise KeyFileError(f"{pub_path}: already exists; refusing to overwrite a key")
     _write_new(key_path, private_pem, 0o600)
-    _write_new(pub_path, public_pem, 0o644)
+    try:
+        _write_new(pub_path, public_pem, 0o644)
+    except KeyFileError:
+        key_path.unlink(missing_ok=True)  # a key without its public half is useless: roll back
+        raise
     return key_path, pub_path, public_key_id(key.public_key())
 
 
@@ -264,6 +273,15 @@ def dev_key_path(environ: Mapping[str, str]) -> Path:
     return Path(base) / "asl-capture" / "dev.key"
 
 
+def _is_empty_leftover(path: Path) -> bool:
+    """An empty regular file with no ``.pub`` beside it: what an interrupted key creation left."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0 and not path.with_suffix(".pub").exists()
+
+
 def ensure_dev_key(environ: Mapping[str, str]) -> tuple[Path, bytes | None]:
     """Return the development key path, creating it (0600) on first use.
 
@@ -274,7 +292,9 @@ def ensure_dev_key(environ: Mapping[str, str]) -> tuple[Path, bytes | None]:
     """
     path = dev_key_path(environ)
     if path.exists():
-        return path, None
+        if not _is_empty_leftover(path):
+            return path, None
+        path.unlink(missing_ok=True)  # an empty key without its .pub: a first use that ran out of space
     try:
         _, _, kid = generate("dev", directory=path.parent)
     except KeyFileError:

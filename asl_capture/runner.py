@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from asl_capture import safeio
+from asl_capture.errors import StoreError
 from asl_capture.store import ObjectStore
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -45,40 +47,78 @@ class RunResult:
     stderr: StoredLog
     started: int
     finished: int
+    #: Why a log could not be stored (a full disk), or None. Its StoredLog then has a zero digest.
+    store_error: str | None = None
 
 
 class _Sink:
-    """Copies one stream to a terminal fd while hashing it into a temporary object file."""
+    """Copies one stream to a terminal fd while hashing it into a temporary object file.
+
+    A write to the temporary file that fails (a full disk) does not stop the command: the
+    temporary file is removed at once (freeing its space), the stream is still hashed and
+    forwarded, and :meth:`close` reports the failure.
+    """
 
     def __init__(self, store: ObjectStore, forward_fd: int | None) -> None:
         self.fd, self.path = store.new_temp()
         self.hash = hashlib.sha256()
         self.size = 0
-        self.forward_fd = forward_fd
+        self.failed: str | None = None
+        # never forward into our own temporary file (a caller whose stdout was closed)
+        self.forward_fd = forward_fd if forward_fd is not None and not _same_file(forward_fd, self.fd) else None
 
     def feed(self, data: bytes) -> None:
         self.hash.update(data)
         self.size += len(data)
-        _write_all(self.fd, data)
+        if self.failed is None:
+            try:
+                safeio.write_all(self.fd, data)
+            except OSError as exc:
+                self.failed = exc.strerror or str(exc)
+                self._discard()
         if self.forward_fd is not None:
             try:
-                _write_all(self.forward_fd, data)
+                safeio.write_all(self.forward_fd, data)
             except OSError:  # our reader went away: keep capturing, stop forwarding
                 self.forward_fd = None
 
-    def close(self, store: ObjectStore) -> StoredLog:
-        os.fsync(self.fd)
+    def _discard(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.fd = -1
+        self.path.unlink(missing_ok=True)
+
+    def close_quietly(self) -> None:
+        """Give up: remove the temporary file."""
+        self._discard()
+
+    def close(self, store: ObjectStore, name: str) -> StoredLog:
+        """Store the log as an object; the temporary file is gone afterwards, whatever happens.
+
+        Raises:
+            StoreError: the log could not be written or stored.
+        """
+        if self.failed is None:
+            try:
+                os.fsync(self.fd)
+            except OSError as exc:
+                self.failed = exc.strerror or str(exc)
+        if self.failed is not None:
+            self._discard()
+            raise StoreError(f"the command's {name} ({self.size} bytes) could not be stored: {self.failed}")
         os.close(self.fd)
+        self.fd = -1
         digest = self.hash.digest()
         store.adopt(self.path, digest)
         return StoredLog(digest=digest, size=self.size)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+def _same_file(a: int, b: int) -> bool:
+    try:
+        sa, sb = os.fstat(a), os.fstat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 @contextlib.contextmanager
@@ -130,8 +170,13 @@ def run(
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     out = _Sink(store, 1 if forward_output else None)
-    err = _Sink(store, 2 if forward_output else None)
+    try:
+        err = _Sink(store, 2 if forward_output else None)
+    except BaseException:
+        out.close_quietly()
+        raise
     started = time.time_ns()
+    finished: int | None = None
     returncode: int | None = None
     start_error: str | None = None
     try:
@@ -148,18 +193,27 @@ def run(
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, received[-1])
             with _terminal_to(proc.pid):
-                _pump(proc, out, err)
+                finished = _pump(proc, out, err)
                 returncode = proc.wait()
     finally:
-        finished = time.time_ns()
+        if finished is None:
+            finished = time.time_ns()
         # Until the record is appended, a signal must not kill us and lose it: hold signals
         # pending; the caller releases them with release_signals() once the record is safe.
         signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        stdout, stderr = out.close(store), err.close(store)
+    problems: list[str] = []
+    logs: list[StoredLog] = []
+    for sink, name in ((out, "stdout"), (err, "stderr")):
+        try:
+            logs.append(sink.close(store, name))
+        except StoreError as exc:
+            problems.append(str(exc))
+            logs.append(StoredLog(digest=bytes(32), size=sink.size))
     return RunResult(returncode=returncode, start_error=start_error, signals=tuple(received),
-                     stdout=stdout, stderr=stderr, started=started, finished=finished)
+                     stdout=logs[0], stderr=logs[1], started=started, finished=finished,
+                     store_error="; ".join(problems) or None)
 
 
 def release_signals() -> None:
@@ -167,24 +221,68 @@ def release_signals() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
 
 
-def _pump(proc: subprocess.Popen[bytes], out: _Sink, err: _Sink) -> None:
+def _pump(proc: subprocess.Popen[bytes], out: _Sink, err: _Sink) -> int:
+    """Copy the child's output until it has exited and its pipes hold nothing more; return when
+    it exited (ns). Output that processes it left behind write later is not waited for."""
     assert proc.stdout is not None and proc.stderr is not None
     sinks = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+    exited: int | None = None
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:  # no pidfd (old kernel): wait for both pipes to close, as before
+        pidfd = -1
     with selectors.DefaultSelector() as selector:
         for fd in sinks:
             os.set_blocking(fd, False)
             selector.register(fd, selectors.EVENT_READ)
-        while sinks:
-            for key, _ in selector.select():
-                fd = int(key.fd)
-                try:
-                    data = os.read(fd, _CHUNK)
-                except BlockingIOError:
-                    continue
-                if data:
-                    sinks[fd].feed(data)
-                else:
-                    selector.unregister(fd)
-                    del sinks[fd]
+        if pidfd >= 0:
+            selector.register(pidfd, selectors.EVENT_READ)
+        try:
+            while sinks:
+                for key, _ in selector.select():
+                    fd = int(key.fd)
+                    if fd == pidfd:
+                        exited = time.time_ns()
+                        selector.unregister(pidfd)
+                        _drain(sinks)
+                        sinks.clear()
+                        break
+                    _read_into(fd, sinks, selector)
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
     proc.stdout.close()
     proc.stderr.close()
+    return exited if exited is not None else time.time_ns()
+
+
+def _read_into(fd: int, sinks: dict[int, _Sink], selector: selectors.BaseSelector) -> None:
+    try:
+        data = os.read(fd, _CHUNK)
+    except BlockingIOError:
+        return
+    if data:
+        sinks[fd].feed(data)
+    else:
+        selector.unregister(fd)
+        del sinks[fd]
+
+
+#: After the child exits, at most this much more is read from its pipes (what it wrote before
+#: exiting, plus whatever descendants still holding them write meanwhile).
+_DRAIN_LIMIT = 64 << 20
+
+
+def _drain(sinks: dict[int, _Sink]) -> None:
+    """Read what the pipes hold now, without waiting for writers that outlive the child."""
+    budget = _DRAIN_LIMIT
+    for fd, sink in sinks.items():
+        while budget > 0:
+            try:
+                data = os.read(fd, _CHUNK)
+            except (BlockingIOError, OSError):
+                break
+            if not data:
+                break
+            sink.feed(data)
+            budget -= len(data)

@@ -17,6 +17,8 @@ import os
 import struct
 from pathlib import Path
 
+from asl_capture import safeio
+
 #: A digest is kept only when the file's mtime and ctime precede its hashing by this much.
 RACY_NS = 2_000_000_000
 _CACHE_MAGIC = b"ASLSTAT4"
@@ -25,6 +27,8 @@ IDENT = struct.Struct("<QQQqqI")
 #: Bytes in one record (see :data:`CacheRecord`).
 _RECORD = IDENT.size + 32
 _COUNT = struct.Struct("<Q")
+#: A cache file larger than this is not read (a hostile or runaway file); the cache starts empty.
+MAX_FILE_SIZE = 4 << 30
 
 #: A cache record: :data:`IDENT` packed, then the digest (bytes, so loading and saving are slices).
 CacheRecord = bytes
@@ -87,7 +91,7 @@ class StatCache:
     def load(cls, path: Path) -> StatCache:
         """Read a cache file; an absent, unreadable, truncated or corrupt one yields an empty cache."""
         try:
-            data = path.read_bytes()
+            data = safeio.read_regular(path, limit=MAX_FILE_SIZE, what="stat cache")
         except OSError:
             return cls()
         head = len(_CACHE_MAGIC) + _COUNT.size
@@ -111,14 +115,10 @@ class StatCache:
             return
         body = b"".join([_CACHE_MAGIC, _COUNT.pack(len(self._entries)), *self._entries.values(),
                          b"\0".join(self._entries)])
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            with open(tmp, "wb") as handle:
-                handle.write(body)
-                handle.write(hashlib.sha256(body).digest())
-            os.replace(tmp, path)
+            safeio.replace_atomically(path, body + hashlib.sha256(body).digest(), durable=False)
         except OSError:
-            tmp.unlink(missing_ok=True)
+            pass  # an optimisation only: the temporary file is gone, the old cache still holds
         else:
             self.dirty = False
 

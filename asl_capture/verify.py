@@ -92,9 +92,11 @@ def verify_chain(
             raise VerificationError(f"at byte offset {item.offset}: {exc}", check="decode", record=index) from None
     if scan.torn is not None:
         offset, length = scan.torn
+        what = ("a zero-filled tail of {length} bytes (an unclean shutdown)" if scan.zeros
+                else "a torn tail of {length} bytes (an interrupted append)").format(length=length)
         raise VerificationError(
-            f"{len(scan.items)} whole record(s) end at byte offset {offset}, then a torn tail of {length} bytes "
-            f"(an interrupted append); 'asl-chain repair' truncates it", check="decode", record=len(scan.items))
+            f"{len(scan.items)} whole record(s) end at byte offset {offset}, then {what}; 'asl-chain repair' "
+            f"truncates it", check="decode", record=len(scan.items))
     emit(1, "decode", f"{len(scan.items)} COSE_Sign1 records, {scan.size} bytes")
 
     _check_signatures(messages, trusted)

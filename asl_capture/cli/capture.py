@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from asl_capture.capture import CaptureConfig, capture
+from asl_capture.cli import ensure_std_fds
 from asl_capture.errors import AslError, RecordWriteError
 
 HELP_EPILOG = """\b
@@ -53,8 +54,14 @@ def cli(step: str | None, provenance: Path | None, key: Path | None, passphrase_
         root: Path | None, sources_file: Path | None, attach: tuple[Path, ...], command: tuple[str, ...]) -> None:
     """Run CMD, hash what it read and wrote, and append a signed provenance record."""
     progress = (lambda msg: click.echo(f"\r{msg}", err=True, nl=False)) if sys.stderr.isatty() else None
+    try:
+        cwd = Path(os.getcwd())
+    except OSError as exc:
+        click.echo(f"UsageError: the working directory cannot be used ({exc.strerror}; was it deleted?); "
+                   f"the command was not run", err=True)
+        sys.exit(2)
     config = CaptureConfig(
-        argv=command, environ=dict(os.environ), cwd=Path.cwd(), step=step, provenance=provenance, key=key,
+        argv=command, environ=dict(os.environ), cwd=cwd, step=step, provenance=provenance, key=key,
         passphrase_file=passphrase_file, ephemeral_key=ephemeral_key, inputs=inputs, outputs=outputs,
         excludes=excludes, root=root, sources_file=sources_file, attach=attach, progress=progress,
     )
@@ -66,8 +73,10 @@ def cli(step: str | None, provenance: Path | None, key: Path | None, passphrase_
     except AslError as exc:
         click.echo(f"{type(exc).__name__}: {exc}", err=True)
         sys.exit(2)
-    if outcome.record.error is not None:
-        click.echo(f"asl-capture: {outcome.record.error} (recorded as seq {outcome.seq}, "
+    error = outcome.record.error
+    if error is not None:
+        shown = error if isinstance(error, str) else error.decode("utf-8", "backslashreplace")
+        click.echo(f"asl-capture: {shown} (recorded as seq {outcome.seq}, "
                    f"status {outcome.record.status})", err=True)
     if outcome.record.ephemeral_key is not None:
         from asl_capture.cose import key_id
@@ -79,6 +88,7 @@ def cli(step: str | None, provenance: Path | None, key: Path | None, passphrase_
 
 def main() -> None:
     """Console entry point."""
+    ensure_std_fds()
     cli(prog_name="asl-capture")
 
 

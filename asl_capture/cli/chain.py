@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from asl_capture.chain import repair
+from asl_capture.cli import ensure_std_fds
 from asl_capture.errors import AslError
 from asl_capture.keys import load_signer, read_passphrase
 from asl_capture.store import ProvenanceDir
@@ -53,6 +54,7 @@ def repair_cmd(directory: Path, key: Path | None, passphrase_file: Path | None) 
 
 def main() -> None:
     """Console entry point."""
+    ensure_std_fds()
     cli(prog_name="asl-chain")
 
 

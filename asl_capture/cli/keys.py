@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from asl_capture.cli import ensure_std_fds
 from asl_capture.errors import AslError, KeyFileError
 from asl_capture.keys import generate, load_public, load_signer, public_key_id, read_passphrase
 
@@ -90,6 +91,7 @@ def export_cmd(file: Path, fmt: str, out: Path | None, passphrase_file: Path | N
 
 def main() -> None:
     """Console entry point."""
+    ensure_std_fds()
     cli(prog_name="asl-keys")
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from asl_capture.cli import ensure_std_fds
 from asl_capture.errors import AslError, VerificationError
 from asl_capture.keys import load_trust
 from asl_capture.verify import CHECKS, ChainReport, StepNode, verify_chain
@@ -24,12 +25,17 @@ def cli() -> None:
     """Verify asl-capture provenance offline."""
 
 
+def _shown(text: str | bytes) -> str:
+    """Recorded text for display: bytes that are not UTF-8 shown with backslash escapes."""
+    return text if isinstance(text, str) else text.decode("utf-8", "backslashreplace")
+
+
 def _node_json(top: StepNode) -> dict[str, Any]:
     """The JSON of a step and its descendants, built without recursion (nesting has no limit)."""
     def one(node: StepNode) -> dict[str, Any]:
         r = node.record
         return {
-            "seq": node.seq, "step": r.step, "status": r.status, "exit": r.exit, "id": r.id.hex(),
+            "seq": node.seq, "step": _shown(r.step), "status": r.status, "exit": r.exit, "id": r.id.hex(),
             "started_ns": r.started, "finished_ns": r.finished, "duration_ns": r.finished - r.started,
             "children": [],
         }
@@ -61,7 +67,7 @@ def _tree_lines(nodes: tuple[StepNode, ...]) -> list[str]:
         node, depth = stack.pop()
         r = node.record
         seconds = (r.finished - r.started) / 1e9
-        lines.append(f"  {'  ' * depth}#{node.seq} {r.step}: {r.status} (exit {r.exit}, {seconds:.2f} s)")
+        lines.append(f"  {'  ' * depth}#{node.seq} {_shown(r.step)}: {r.status} (exit {r.exit}, {seconds:.2f} s)")
         stack.extend((c, depth + 1) for c in reversed(node.children))
     return lines
 
@@ -154,6 +160,7 @@ _register()
 
 def main() -> None:
     """Console entry point."""
+    ensure_std_fds()
     cli(prog_name="asl-verify")
 
 

@@ -16,6 +16,7 @@ from typing import ClassVar
 
 from asl_capture import dcbor
 from asl_capture.dcbor import Value
+from asl_capture.errors import FormatError
 from asl_capture.format import _check as c
 from asl_capture.format.constants import RECORD_VERSION
 
@@ -187,7 +188,7 @@ class Attachment:
 
 _REQUIRED = ("v", "chain", "seq", "prev", "id", "parent", "step", "argv", "cwd", "env", "started", "finished",
              "exit", "status", "inputs", "outputs", "stdout", "stderr", "host")
-_OPTIONAL = ("source_date_epoch", "sources", "vcs", "error", "signals", "ephemeral_key", "attached")
+_OPTIONAL = ("source_date_epoch", "sources", "vcs", "error", "signals", "ephemeral_key", "attached", "env_bytes")
 #: Size of an Ed25519 public key, as ``ephemeral_key`` carries it.
 PUBLIC_KEY_SIZE = 32
 
@@ -201,10 +202,10 @@ class StepRecord:
     prev: bytes | None
     id: bytes
     parent: bytes | None
-    step: str
+    step: str | bytes
     argv: tuple[str | bytes, ...]
     cwd: str | bytes
-    env: Mapping[str, str | None]
+    env: Mapping[str, str | bytes | None]
     started: int
     finished: int
     exit: int
@@ -217,11 +218,13 @@ class StepRecord:
     source_date_epoch: int | None = None
     sources: tuple[Source, ...] | None = None
     vcs: Vcs | None = None
-    error: str | None = None
+    error: str | bytes | None = None
     signals: tuple[int, ...] | None = None
     #: The raw public key of the in-memory key this (outermost) capture made with --ephemeral-key.
     ephemeral_key: bytes | None = None
     attached: tuple[Attachment, ...] | None = None
+    #: Variables whose names are not valid UTF-8 (so cannot be keys of ``env``): (name, value or None).
+    env_bytes: tuple[tuple[bytes, str | bytes | None], ...] | None = None
 
     REQUIRED: ClassVar[tuple[str, ...]] = _REQUIRED
     OPTIONAL: ClassVar[tuple[str, ...]] = _OPTIONAL
@@ -253,6 +256,8 @@ class StepRecord:
         c.put(out, "ephemeral_key", self.ephemeral_key)
         if self.attached is not None:
             out["attached"] = [a.to_value() for a in self.attached]
+        if self.env_bytes is not None:
+            out["env_bytes"] = [[name, value] for name, value in self.env_bytes]
         return out
 
     def to_cbor(self) -> bytes:
@@ -285,10 +290,10 @@ class StepRecord:
             prev=None if body["prev"] is None else c.digest(body["prev"], "prev"),
             id=c.bstr(body["id"], "id", RUN_ID_SIZE),
             parent=None if body["parent"] is None else c.bstr(body["parent"], "parent", RUN_ID_SIZE),
-            step=c.text(body["step"], "step"),
+            step=c.text_or_bytes(body["step"], "step"),
             argv=tuple(c.text_or_bytes(a, c.index("argv", i)) for i, a in enumerate(c.array(body["argv"], "argv"))),
             cwd=c.text_or_bytes(body["cwd"], "cwd"),
-            env={name: None if v is None else c.text(v, c.at("env", name)) for name, v in env.items()},
+            env={name: None if v is None else c.text_or_bytes(v, c.at("env", name)) for name, v in env.items()},
             started=c.integer(body["started"], "started"),
             finished=c.integer(body["finished"], "finished"),
             exit=c.integer(body["exit"], "exit"),
@@ -304,7 +309,7 @@ class StepRecord:
                            for i, s in enumerate(c.array(body["sources"], "sources")))
                      if "sources" in body else None),
             vcs=Vcs.from_value(body["vcs"]) if "vcs" in body else None,
-            error=c.optional_text(body, "error", ""),
+            error=c.text_or_bytes(body["error"], "error") if "error" in body else None,
             signals=(tuple(c.uint(s, c.index("signals", i)) for i, s in enumerate(c.array(body["signals"], "signals")))
                      if "signals" in body else None),
             ephemeral_key=(c.bstr(body["ephemeral_key"], "ephemeral_key", PUBLIC_KEY_SIZE)
@@ -312,5 +317,24 @@ class StepRecord:
             attached=(tuple(Attachment.from_value(a, c.index("attached", i))
                             for i, a in enumerate(c.array(body["attached"], "attached")))
                       if "attached" in body else None),
+            env_bytes=_env_bytes(body["env_bytes"]) if "env_bytes" in body else None,
         )
+
+
+def _env_bytes(value: Value) -> tuple[tuple[bytes, str | bytes | None], ...]:
+    """``env_bytes``: a non-empty array of ``[name, value / null]`` whose names are not valid UTF-8."""
+    items = c.array(value, "env_bytes")
+    if not items:
+        raise FormatError("env_bytes", "expected at least one variable (omit the field when none)")
+    out: list[tuple[bytes, str | bytes | None]] = []
+    for i, item in enumerate(items):
+        where = c.index("env_bytes", i)
+        pair = c.array(item, where)
+        if len(pair) != 2:
+            raise FormatError(where, f"expected [name, value], found an array of {len(pair)}")
+        name = c.text_or_bytes(pair[0], c.index(where, 0))
+        if not isinstance(name, bytes):
+            raise FormatError(c.index(where, 0), "a name that is valid UTF-8 belongs in env")
+        out.append((name, None if pair[1] is None else c.text_or_bytes(pair[1], c.index(where, 1))))
+    return tuple(out)
 

@@ -33,6 +33,7 @@ def optional_body() -> dict[str, dcbor.Value]:
                      "via": "http://deb.debian.org/InRelease", "name": "x", "version": "1", "size": 7}],
         "cwd": b"/non-utf8-\xff", "argv": ["tool", b"\xff"], "ephemeral_key": b"E" * 32,
         "attached": [{"path": "out/InRelease", "digest": digest("inrelease"), "size": 12}],
+        "env_bytes": [[b"N\xff", None], [b"P\xfe", b"v\xff"]],
     })
     return body
 
@@ -60,6 +61,7 @@ def test_optional_fields_typed_and_round_trip() -> None:
     assert record.ephemeral_key == b"E" * 32
     assert record.attached == (Attachment(path="out/InRelease", digest=digest("inrelease"), size=12),)
     assert digest("inrelease") in record.object_digests()
+    assert record.env_bytes == ((b"N\xff", None), (b"P\xfe", b"v\xff"))
     assert set(body) == set(StepRecord.REQUIRED) | set(StepRecord.OPTIONAL)
 
 
@@ -180,7 +182,7 @@ def test_wrong_field_refused_and_named(path: FieldPath, value: dcbor.Value) -> N
 
 @pytest.mark.parametrize(("body", "message"), [
     ({"argv": [1, None]}, "argv[0]: expected text or bytes, found uint"),
-    ({"env": {"A": 5}}, "env.A: expected text, found uint"),
+    ({"env": {"A": 5}}, "env.A: expected text or bytes, found uint"),
     ({"host": {}}, "host.hostname: missing"),
     ({"inputs": {"manifest": digest("m")}}, "inputs.entries: missing"),
     ({"sources": ["x"]}, "sources[0]: expected a map, found text"),
