@@ -74,6 +74,14 @@ class TornTailError(ChainError):
         self.records = records
 
 
+class MalformedItem(ChainError):
+    """An item of the chain is corrupt (not a torn tail); ``record`` is its index."""
+
+    def __init__(self, message: str, *, record: int) -> None:
+        super().__init__(message)
+        self.record = record
+
+
 class CheckpointError(ChainError):
     """A record was appended but the signed checkpoint could not be updated (the older one holds)."""
 

@@ -179,7 +179,7 @@ def _good(out: Path) -> None:
 #: case name -> (field path in record 1, bad value, text the message must contain)
 PAYLOAD: dict[str, tuple[tuple[str | int, ...], dcbor.Value, str]] = {
     "argv-not-text": (("argv",), [1, None], "argv[0]: expected text or bytes, found uint"),
-    "env-value-not-text": (("env",), {"A": 5}, "env.A: expected text, found uint"),
+    "env-value-not-text": (("env",), {"A": 5}, "env.A: expected text or bytes, found uint"),
     "host-empty": (("host",), {}, "host.hostname: missing"),
     "inputs-without-counts": (("inputs",), {"manifest": sha(b"x")}, "inputs.entries: missing"),
     "sources-not-maps": (("sources",), ["x"], "sources[0]: expected a map, found text"),
@@ -198,7 +198,7 @@ PAYLOAD: dict[str, tuple[tuple[str | int, ...], dcbor.Value, str]] = {
     "signals-negative": (("signals",), [-15], "signals[0]: expected uint, found negative int"),
     "source-digest-hex": (("sources",), [{"uri": "u", "sha256": "ab" * 32, "kind": "deb"}],
                           "sources[0].sha256: expected 32 bytes, found text"),
-    "error-not-text": (("error",), ["x"], "error: expected text, found array"),
+    "error-not-text": (("error",), ["x"], "error: expected text or bytes, found array"),
 }
 
 
