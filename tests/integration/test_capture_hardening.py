@@ -157,7 +157,7 @@ def test_a_background_process_holding_stdout_is_not_waited_for(cli_env: dict[str
 def test_a_nested_capture_into_another_directory_has_no_foreign_parent(
         cli_env: dict[str, str], keypair: KeyPair, tmp_path: Path) -> None:
     other = tmp_path / "other"
-    inner = [*CAPTURE, "--provenance", str(other), "--step", "inner", "--", "true"]
+    inner = [*CAPTURE, "--provenance", str(other), "--key", str(keypair.key), "--step", "inner", "--", "true"]
     result = cli("asl-capture", "--step", "outer", "--", *inner, env=cli_env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (record,) = read_records(other, keypair.pub)
