@@ -151,7 +151,8 @@ def _last_build(records: list[StepRecord]) -> dict[str, StepRecord]:
         raise RebuildError("the record holds no successful iso step: nothing to rebuild")
     steps: dict[str, StepRecord] = {}
     for record in records[: iso_index + 1]:
-        steps[record.step] = record
+        if isinstance(record.step, str):  # a step name that is not UTF-8 is none of the pipeline's
+            steps[record.step] = record
     for name in ("rootfs", "overlay"):
         if name not in steps:
             raise RebuildError(f"the record has no {name} step before its last iso step")

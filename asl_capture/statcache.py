@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import struct
 from pathlib import Path
 
@@ -44,14 +45,22 @@ def ident(st: os.stat_result) -> Ident:
 class StatCache:
     """Path -> digest cache keyed on stat identity; persisted in the provenance directory.
 
-    Loading a missing or corrupt file gives an empty cache: the cache is only an optimisation.
-    Saving writes a new file and renames it into place, so concurrent captures never see a torn
-    cache; the last writer wins, which loses entries but never correctness (every entry carries
-    the identity it is valid for).
+    On disk: a base file (``statcache``) and a journal beside it (``statcache.log``). Saving
+    appends only what changed since loading to the journal, as one self-checking segment; when
+    the journal has grown as large as the base, the whole cache is rewritten as a new base (and
+    the journal dropped). The cache holds at most :data:`MAX_ENTRIES`: beyond that, the entries
+    stored longest ago are left out of the next base. Loading a missing or corrupt base gives an
+    empty cache, and a journal is applied up to its first damaged segment: the cache is only an
+    optimisation. Concurrent captures lose entries at worst, never correctness (every entry
+    carries the identity it is valid for).
     """
 
-    def __init__(self, entries: dict[bytes, CacheRecord] | None = None) -> None:
+    def __init__(self, entries: dict[bytes, CacheRecord] | None = None, *, base_size: int = 0,
+                 journal_size: int = 0) -> None:
         self._entries: dict[bytes, CacheRecord] = entries if entries is not None else {}
+        self._changed: dict[bytes, CacheRecord] = {}
+        self._base_size = base_size
+        self._journal_size = journal_size
         self.hits = 0
         self.misses = 0
         self.dirty = False
@@ -76,10 +85,14 @@ class StatCache:
         """As :meth:`store`, from an :data:`Ident`. The racy rule is applied here: a file whose mtime
         or ctime is not older than ``hashed_at`` by :data:`RACY_NS` could change again within the
         same timestamp, so its digest is not kept (and an older entry for the path is dropped)."""
+        entries = self._entries
+        old = entries.pop(path, None)  # re-inserted last: the dict's order is the order of storing
         if max(identity[3], identity[4]) + RACY_NS < hashed_at:
-            self._entries[path] = IDENT.pack(*identity) + digest
-        else:
-            self._entries.pop(path, None)
+            record = IDENT.pack(*identity) + digest
+            entries[path] = record
+            self._changed[path] = record
+        elif old is not None:
+            self._changed[path] = _GONE
         self.dirty = True
 
     @property
@@ -89,38 +102,122 @@ class StatCache:
 
     @classmethod
     def load(cls, path: Path) -> StatCache:
-        """Read a cache file; an absent, unreadable, truncated or corrupt one yields an empty cache."""
+        """Read a cache (base and journal); an absent, unreadable, truncated or corrupt base yields an
+        empty cache, and the journal is applied up to its first damaged segment."""
         try:
             data = safeio.read_regular(path, limit=MAX_FILE_SIZE, what="stat cache")
         except OSError:
             return cls()
-        head = len(_CACHE_MAGIC) + _COUNT.size
-        if len(data) < head + 32 or not data.startswith(_CACHE_MAGIC):
+        entries = _parse(data, _CACHE_MAGIC)
+        if entries is None:
             return cls()
-        if hashlib.sha256(memoryview(data)[:-32]).digest() != data[-32:]:
-            return cls()
-        (count,) = _COUNT.unpack_from(data, len(_CACHE_MAGIC))
-        table_end = head + count * _RECORD
-        if table_end > len(data) - 32:
-            return cls()
-        names = data[table_end:-32].split(b"\0") if count else []
-        if len(names) != count:
-            return cls()
-        records = [data[o : o + _RECORD] for o in range(head, table_end, _RECORD)]
-        return cls(dict(zip(names, records, strict=True)))
+        journal_size = 0
+        try:
+            journal = safeio.read_regular(_journal(path), limit=MAX_FILE_SIZE, what="stat cache journal")
+        except OSError:
+            journal = b""
+        pos = 0
+        while pos < len(journal):
+            end = _segment_end(journal, pos)
+            segment = None if end is None else _parse(journal[pos:end], _JOURNAL_MAGIC)
+            if end is None or segment is None:
+                break
+            for name, record in segment.items():
+                entries.pop(name, None)
+                if record != _GONE:
+                    entries[name] = record
+            pos = journal_size = end
+        return cls(entries, base_size=len(data), journal_size=journal_size)
 
     def save(self, path: Path) -> None:
-        """Write the cache atomically (temporary file, rename) if it changed. Errors are ignored."""
+        """Persist what changed (see the class docstring), if anything did. Errors are ignored:
+        a temporary file is removed, and the cache on disk stays as it was."""
         if not self.dirty:
             return
-        body = b"".join([_CACHE_MAGIC, _COUNT.pack(len(self._entries)), *self._entries.values(),
-                         b"\0".join(self._entries)])
+        segment = _encode(_JOURNAL_MAGIC, self._changed)
         try:
-            safeio.replace_atomically(path, body + hashlib.sha256(body).digest(), durable=False)
+            if self._base_size and self._journal_size + len(segment) < self._base_size:
+                _append(_journal(path), segment)
+                self._journal_size += len(segment)
+            else:
+                keep = self._entries
+                if len(keep) > MAX_ENTRIES:  # the entries stored longest ago go first
+                    keep = dict(list(keep.items())[len(keep) - MAX_ENTRIES:])
+                base = _encode(_CACHE_MAGIC, keep)
+                safeio.replace_atomically(path, base, durable=False)
+                _journal(path).unlink(missing_ok=True)
+                self._base_size, self._journal_size = len(base), 0
         except OSError:
-            pass  # an optimisation only: the temporary file is gone, the old cache still holds
-        else:
-            self.dirty = False
+            return  # an optimisation only
+        self._changed = {}
+        self.dirty = False
+
+
+#: Most entries a saved cache keeps (about 100 MB with typical paths).
+MAX_ENTRIES = 1 << 20
+_JOURNAL_MAGIC = b"ASLSJRN1"
+#: A journal record that removes its path (an identity no file has: device 0, inode 0).
+_GONE = bytes(_RECORD)
+
+
+def _journal(path: Path) -> Path:
+    return path.with_name(path.name + ".log")
+
+
+def _encode(magic: bytes, entries: dict[bytes, CacheRecord]) -> bytes:
+    """``magic``, count, the records, the NUL-joined names, then the SHA-256 of all that."""
+    body = b"".join([magic, _COUNT.pack(len(entries)), *entries.values(), b"\0".join(entries)])
+    if magic == _JOURNAL_MAGIC:  # a segment says how long it is, so the next one can be found
+        body = magic + _COUNT.pack(len(body) + 32 + _COUNT.size) + body[len(magic):]
+    return body + hashlib.sha256(body).digest()
+
+
+def _segment_end(journal: bytes, pos: int) -> int | None:
+    head = pos + len(_JOURNAL_MAGIC) + _COUNT.size
+    if head > len(journal) or not journal.startswith(_JOURNAL_MAGIC, pos):
+        return None
+    (length,) = _COUNT.unpack_from(journal, pos + len(_JOURNAL_MAGIC))
+    end = pos + length
+    return end if pos < end <= len(journal) else None
+
+
+def _parse(data: bytes, magic: bytes) -> dict[bytes, CacheRecord] | None:
+    """The entries of one base file or journal segment, or None when it is damaged."""
+    head = len(magic) + _COUNT.size * (2 if magic == _JOURNAL_MAGIC else 1)
+    if len(data) < head + 32 or not data.startswith(magic):
+        return None
+    if hashlib.sha256(memoryview(data)[:-32]).digest() != data[-32:]:
+        return None
+    (count,) = _COUNT.unpack_from(data, head - _COUNT.size)
+    table_end = head + count * _RECORD
+    if table_end > len(data) - 32:
+        return None
+    names = data[table_end:-32].split(b"\0") if count else []
+    if len(names) != count:
+        return None
+    records = [data[o : o + _RECORD] for o in range(head, table_end, _RECORD)]
+    return dict(zip(names, records, strict=True))
+
+
+def _append(journal: Path, segment: bytes) -> None:
+    """Append one segment to the journal (a regular file, not through a symlink), in one write.
+
+    Raises:
+        OSError: it cannot be opened or written (a partial segment is cut back off).
+    """
+    fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                 0o644)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(0, "stat cache journal is not a regular file")
+        try:
+            safeio.write_all(fd, segment)
+        except OSError:
+            os.ftruncate(fd, st.st_size)
+            raise
+    finally:
+        os.close(fd)
 
 
 def cached_digest(record: CacheRecord | None, st: os.stat_result) -> bytes | None:

@@ -5,6 +5,7 @@ into another directory, secrets on the command line."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import pytest
 
 from asl_capture import envpolicy
 from asl_capture.capture import CaptureConfig, capture
+from asl_capture.keys import generate
 from tests.conftest import KeyPair, cli
 from tests.integration.records import assert_one_line_error, object_bytes, read_records
 
@@ -192,3 +194,22 @@ def test_secrets_on_the_command_line_are_masked(cli_env: dict[str, str], keypair
 def test_ordinary_p_options_are_kept(arg: str, kept: bool) -> None:
     assert (envpolicy.mask_argv(["x", arg], []) == ["x", arg]) is kept
 
+
+
+def test_a_passphrase_given_through_process_substitution_serves_every_nested_capture(
+        cli_env: dict[str, str], tmp_path: Path) -> None:
+    """``--passphrase-file <(...)`` can be read once: nested captures sign through the outer one."""
+    if shutil.which("bash") is None:
+        pytest.skip("bash is needed for process substitution")
+    key, pub, _kid = generate("enc", directory=tmp_path / "enc-keys", passphrase=b"correct horse")
+    env = {k: v for k, v in cli_env.items() if k != "ASL_CAPTURE_KEY"}
+    nested = " ".join([*CAPTURE, "--step", "inner", "--", "true"])
+    script = (f'{" ".join(CAPTURE)} --key {key} --passphrase-file <(printf "correct horse") --step outer -- '
+              f'sh -c "{nested} && {nested}"')
+    result = subprocess.run(["bash", "-c", script], env=env, cwd=tmp_path, capture_output=True, timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    records = read_records(Path(env["ASL_CAPTURE_DIR"]), pub)
+    assert [r.step for r in records] == ["inner", "inner", "outer"]
+    assert records[0].parent == records[2].id
+    _verify_ok(Path(env["ASL_CAPTURE_DIR"]), pub, env)

@@ -90,3 +90,68 @@ def test_save_is_atomic_and_only_when_changed(tmp_path: Path) -> None:
         assert cache.dirty or os.geteuid() == 0
     finally:
         (tmp_path / "ro").chmod(0o700)
+
+
+def _filled(n: int, start: int = 0) -> StatCache:
+    cache = StatCache()
+    for i in range(start, start + n):
+        cache.store_ident(b"/tree/file-%07d" % i, (1, i + 1, 10, 1, 1, 0o100644), bytes([i % 256]) * 32, 2**62)
+    return cache
+
+
+def test_a_save_appends_only_what_changed_and_loads_back_the_same(tmp_path: Path) -> None:
+    """Issue 13 item 14: the cache used to be rewritten whole by every capture."""
+    store = tmp_path / "statcache"
+    cache = _filled(20_000)
+    cache.save(store)
+    base = store.stat()
+    loaded = StatCache.load(store)
+    loaded.store_ident(b"/tree/new", (1, 999_999, 3, 1, 1, 0o100644), b"\x09" * 32, 2**62)
+    loaded.store_ident(b"/tree/file-0000003", (1, 4, 10, 1, 1, 0o100644), b"\x08" * 32, 0)  # racy: dropped
+    loaded.save(store)
+    after = store.stat()
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (base.st_ino, base.st_mtime_ns, base.st_size)
+    journal = tmp_path / "statcache.log"
+    assert 0 < journal.stat().st_size < 1000  # two records, not 20,000
+    again = StatCache.load(store)
+    assert again.table == loaded.table and len(again) == 20_000
+    assert b"/tree/file-0000003" not in again.table and b"/tree/new" in again.table
+
+
+def test_a_damaged_journal_segment_ends_the_journal_not_the_cache(tmp_path: Path) -> None:
+    store = tmp_path / "statcache"
+    _filled(100).save(store)
+    for i in range(3):
+        cache = StatCache.load(store)
+        cache.store_ident(b"/extra/%d" % i, (1, 5000 + i, 1, 1, 1, 0o100644), b"\x07" * 32, 2**62)
+        cache.save(store)
+    journal = tmp_path / "statcache.log"
+    data = journal.read_bytes()
+    journal.write_bytes(data[:-5])  # the last segment torn
+    loaded = StatCache.load(store)
+    assert len(loaded) == 102 and b"/extra/2" not in loaded.table
+
+
+def test_the_journal_is_folded_into_a_new_base_once_it_is_as_large(tmp_path: Path) -> None:
+    store = tmp_path / "statcache"
+    _filled(50).save(store)
+    for round_ in range(30):
+        cache = StatCache.load(store)
+        for i in range(10):
+            cache.store_ident(b"/more/%d/%d" % (round_, i), (1, 10_000 + round_ * 10 + i, 1, 1, 1, 0o100644),
+                              b"\x06" * 32, 2**62)
+        cache.save(store)
+        journal = tmp_path / "statcache.log"
+        assert not journal.exists() or journal.stat().st_size < store.stat().st_size
+    assert len(StatCache.load(store)) == 350
+
+
+def test_the_cache_keeps_at_most_max_entries_the_latest_stored(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(statcache, "MAX_ENTRIES", 1000)
+    store = tmp_path / "statcache"
+    cache = _filled(1500)
+    cache.save(store)
+    loaded = StatCache.load(store)
+    assert len(loaded) == 1000
+    assert b"/tree/file-0001499" in loaded.table and b"/tree/file-0000499" not in loaded.table
