@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from asl_capture import safeio
 from asl_capture.errors import SnapshotError
 from asl_capture.statcache import Ident, StatCache, ident
 
@@ -71,7 +72,7 @@ def _hash(path: bytes, identity: Ident, buf: memoryview | None) -> tuple[bytes, 
     dev, ino, size, mtime, ctime = identity[0], identity[1], identity[2], identity[3], identity[4]
     for _ in range(_MAX_ATTEMPTS):
         try:
-            fd = os.open(path, _OPEN_FLAGS)
+            fd = safeio.open_path(path, _OPEN_FLAGS)
         except OSError as exc:
             raise SnapshotError(f"{os.fsdecode(path)}: cannot open: {exc.strerror}") from None
         try:

@@ -120,3 +120,40 @@ def replace_atomically(target: Path, data: bytes, *, mode: int = 0o644, durable:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+#: Paths at least this long are opened a piece at a time (the kernel refuses PATH_MAX = 4096 bytes).
+_LONG_PATH = 4000
+
+
+def open_path(path: bytes, flags: int) -> int:
+    """``os.open(path, flags)``, also for a path longer than PATH_MAX: the leading directories are
+    then opened in pieces shorter than the limit, each relative to the one before, resolving the
+    path exactly as the kernel would (``flags`` apply to the last component).
+
+    Raises:
+        OSError: as :func:`os.open`.
+    """
+    if len(path) < _LONG_PATH:
+        return os.open(path, flags)
+    head, _, last = path.rpartition(b"/")
+    if not head and path.startswith(b"/"):
+        head = b"/"
+    dir_fd: int | None = None
+    try:
+        while head:
+            if len(head) < _LONG_PATH:
+                piece, head = head, b""
+            else:
+                cut = head.rfind(b"/", 1, _LONG_PATH)
+                if cut <= 0:
+                    raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
+                piece, head = head[:cut], head[cut + 1 :]
+            opened = os.open(piece, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+            if dir_fd is not None:
+                os.close(dir_fd)
+            dir_fd = opened
+        return os.open(last or b".", flags, dir_fd=dir_fd)
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from asl_capture import statcache
+from asl_capture import safeio, statcache
 from asl_capture.errors import SnapshotError
 from asl_capture.statcache import CacheRecord, Ident, StatCache
 
@@ -96,7 +96,7 @@ class _Walk:
         """
         directory, dir_label, dev, ino = d
         try:
-            dir_fd = os.open(directory, _DIR_FLAGS)
+            dir_fd = safeio.open_path(directory, _DIR_FLAGS)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise SnapshotError(f"{os.fsdecode(directory)}: directory was replaced while the tree was being "

@@ -69,3 +69,27 @@ def test_the_working_directory_as_provenance_directory_is_refused(tmp_path: Path
     assert not marker.exists()
     assert not os.path.exists(tmp_path / "chain.cbor")
     assert not os.path.exists(tmp_path / "objects")
+
+
+def test_paths_longer_than_path_max_are_captured(tmp_path: Path, cli_env: dict[str, str], keypair: KeyPair) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    fd = os.open(work, os.O_RDONLY)
+    try:
+        for _ in range(25):  # 25 x 201 bytes: well past PATH_MAX (4096)
+            os.mkdir("d" * 200, dir_fd=fd)
+            inner = os.open("d" * 200, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        leaf = os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(leaf, b"deep")
+        os.close(leaf)
+    finally:
+        os.close(fd)
+    result = cli("asl-capture", "--", "true", env=cli_env, cwd=work)
+    assert result.returncode == 0, result.stderr[-300:]
+    prov = Path(cli_env["ASL_CAPTURE_DIR"])
+    manifest = _manifest(prov, read_records(prov, keypair.pub)[-1].inputs.manifest)
+    [leaf_entry] = [e for e in manifest.entries if e.path.endswith(b"/leaf")]
+    assert len(leaf_entry.path) > 5000 and leaf_entry.kind == "f"
+    assert cli("asl-verify", "chain", prov, "--trust", keypair.pub, env=cli_env).returncode == 0
