@@ -8,7 +8,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from asl_capture import __version__
+from asl_capture import __version__, safeio
 from asl_capture.errors import CaptureError
 from asl_capture.format import Host, Source, Vcs
 
@@ -57,6 +57,10 @@ def vcs_info(start: Path) -> Vcs | None:
     return Vcs(commit=commit, tree=tree, dirty=bool(status))
 
 
+#: A sources file (written by the step, so not trusted) larger than this is refused.
+MAX_SOURCES_SIZE = 256 << 20
+
+
 def read_sources(path: Path) -> tuple[Source, ...]:
     """Parse a step's sources file: JSON Lines of ``{"uri", "sha256", "kind", "via"?, ...}``.
 
@@ -65,8 +69,10 @@ def read_sources(path: Path) -> tuple[Source, ...]:
     """
     import json  # only steps that declare sources need it: start-up stays small
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = safeio.read_regular(path, limit=MAX_SOURCES_SIZE, what="sources file").decode("utf-8")
+    except OSError as exc:
+        raise CaptureError(f"{path}: cannot read sources file: {safeio.describe(exc)}") from None
+    except UnicodeDecodeError as exc:
         raise CaptureError(f"{path}: cannot read sources file: {exc}") from None
     sources: list[Source] = []
     for number, line in enumerate(text.splitlines(), 1):

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 PASSPHRASE_ENV = "ASL_KEY_PASSPHRASE"
+#: Bytes read from a passphrase file at most (its first line is the passphrase).
+PASSPHRASE_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +72,9 @@ def read_passphrase(*, passphrase_file: Path | None, environ: Mapping[str, str])
         KeyFileError: the passphrase file cannot be read or is empty.
     """
     if passphrase_file is not None:
-        try:
-            data = passphrase_file.read_bytes()
+        try:  # a pipe is fine (--passphrase-file <(...)); only so much is read, whatever it is
+            with open(passphrase_file, "rb") as handle:
+                data = handle.read(PASSPHRASE_LIMIT)
         except OSError as exc:
             raise KeyFileError(f"{passphrase_file}: cannot read passphrase file: {exc.strerror}") from None
         line = data.split(b"\n", 1)[0].rstrip(b"\r")

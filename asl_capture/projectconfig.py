@@ -10,8 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from asl_capture import safeio
 from asl_capture.errors import UsageError
 
+#: A pyproject.toml larger than this is refused (it is read whole, before anything runs).
+MAX_SIZE = 4 << 20
 _KEYS = frozenset({"provenance", "exclude"})
 
 
@@ -31,7 +34,9 @@ def load(directory: Path) -> ProjectConfig:
     """
     path = directory / "pyproject.toml"
     try:
-        text = path.read_bytes()
+        text = safeio.read_regular(path, limit=MAX_SIZE, what="pyproject.toml", follow=True)
+    except safeio.UnsafeFile as exc:
+        raise UsageError(f"{path}: {exc.args[-1]}") from None
     except OSError:
         return ProjectConfig()
     if b"asl-capture]" not in text:  # skip parsing files that cannot hold the table

@@ -22,8 +22,10 @@ class UnsafeFile(OSError):
     """A file is not a regular file, is reached through a symlink, or is larger than its bound."""
 
 
-def open_regular(path: Path | str, *, limit: int | None = None, what: str = "file") -> tuple[int, int]:
-    """Open ``path`` for reading as described in the module docstring; return (fd, size).
+def open_regular(path: Path | str, *, limit: int | None = None, what: str = "file",
+                 follow: bool = False) -> tuple[int, int]:
+    """Open ``path`` for reading as described in the module docstring; return (fd, size). With
+    ``follow`` (a file of the user's own tree, not of a provenance directory) a symlink is followed.
 
     Raises:
         FileNotFoundError: it does not exist.
@@ -31,7 +33,7 @@ def open_regular(path: Path | str, *, limit: int | None = None, what: str = "fil
         OSError: it cannot be opened.
     """
     try:
-        fd = os.open(path, _READ_FLAGS)
+        fd = os.open(path, _READ_FLAGS & ~os.O_NOFOLLOW if follow else _READ_FLAGS)
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # the last component is a symlink
             raise UnsafeFile(exc.errno, f"{what} is a symlink") from None
@@ -49,7 +51,7 @@ def open_regular(path: Path | str, *, limit: int | None = None, what: str = "fil
     return fd, st.st_size
 
 
-def read_regular(path: Path | str, *, limit: int, what: str = "file") -> bytes:
+def read_regular(path: Path | str, *, limit: int, what: str = "file", follow: bool = False) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes (see :func:`open_regular`).
 
     Bytes appended while it is read are not returned beyond ``limit``.
@@ -57,7 +59,7 @@ def read_regular(path: Path | str, *, limit: int, what: str = "file") -> bytes:
     Raises:
         FileNotFoundError, UnsafeFile, OSError: as :func:`open_regular`, or a read error.
     """
-    fd, size = open_regular(path, limit=limit, what=what)
+    fd, size = open_regular(path, limit=limit, what=what, follow=follow)
     try:
         chunks: list[bytes] = []
         left = min(size, limit)

@@ -174,3 +174,24 @@ def test_nesting_deeper_than_the_recursion_limit_verifies(keypair: KeyPair, tmp_
                                  str(keypair.pub), *extra], env=env, capture_output=True, timeout=300, check=False)
         assert result.returncode == 0, result.stderr[-2000:]
         assert b"Traceback" not in result.stderr
+
+
+def test_siblings_a_fifo_pyproject_a_zero_sources_file_and_a_zero_passphrase_file(
+        cli_env: dict[str, str], keypair: KeyPair, tmp_path: Path) -> None:
+    """The same class outside the provenance directory: files read before or after the step."""
+    work = tmp_path / "work"
+    work.mkdir()
+    os.mkfifo(work / "pyproject.toml")
+    capture = [sys.executable, "-m", "asl_capture.cli.capture"]
+    fifo = subprocess.run([*capture, "--", "true"], env=cli_env, cwd=work, capture_output=True, timeout=60,
+                          check=False)
+    assert fifo.returncode == 2
+    assert_one_line_error(fifo.stderr, "UsageError")
+    (work / "pyproject.toml").unlink()
+    zero = subprocess.run([*capture, "--sources", "src.jsonl", "--", "ln", "-s", "/dev/zero", "src.jsonl"],
+                          env=cli_env, cwd=work, capture_output=True, timeout=60, check=False)
+    assert zero.returncode == 125, zero.stderr
+    assert b"sources file" in zero.stderr and b"Traceback" not in zero.stderr
+    passphrase = _limited([*capture, "--passphrase-file", "/dev/zero", "--", "true"], cli_env)
+    assert passphrase.returncode == 2
+    assert_one_line_error(passphrase.stderr, "KeyFileError")
