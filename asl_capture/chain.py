@@ -28,7 +28,6 @@ from asl_capture.errors import (
     CborError,
     ChainError,
     CheckpointError,
-    MalformedItem,
     TornTailError,
     TruncatedCbor,
 )
@@ -76,19 +75,19 @@ def split(data: bytes, *, start: int = 0, name: str = "chain") -> Scan:
         if data[pos] != _SIGN1_FIRST_BYTE:
             if data.count(0, pos) == size - pos:  # a zero-filled tail: allocated, never written
                 return Scan(items=tuple(items), torn=(pos, size - pos), size=size, zeros=True)
-            raise MalformedItem(f"{name}: item {len(items)} at byte offset {pos} is malformed: item is not a "
+            raise ChainError(f"{name}: item {len(items)} at byte offset {pos} is malformed: item is not a "
                                 f"tagged COSE_Sign1 message (tag 18)", record=len(items))
         try:
             value, end = dcbor.decode_item(data, pos, tags=cose.COSE_TAGS)
         except TruncatedCbor:
             resume = _next_whole_message(data, pos + 1)
             if resume is not None:  # not a crash mid-append: a damaged item with whole records after it
-                raise MalformedItem(f"{name}: item {len(items)} at byte offset {pos} is malformed: it runs past the "
+                raise ChainError(f"{name}: item {len(items)} at byte offset {pos} is malformed: it runs past the "
                                     f"end of the chain, yet a whole record starts at byte offset {resume}",
                                     record=len(items)) from None
             return Scan(items=tuple(items), torn=(pos, size - pos), size=size)
         except CborError as exc:
-            raise MalformedItem(f"{name}: item {len(items)} at byte offset {pos} is malformed: {exc}",
+            raise ChainError(f"{name}: item {len(items)} at byte offset {pos} is malformed: {exc}",
                                 record=len(items)) from None
         items.append(Item(pos, data[pos:end], value))
         pos = end

@@ -57,7 +57,12 @@ class StoreError(AslError):
 
 
 class ChainError(AslError):
-    """The chain file cannot be read or appended to."""
+    """The chain file cannot be read or appended to. ``record`` is the index of the item at fault,
+    when one is (a corrupt item)."""
+
+    def __init__(self, message: str, *, record: int | None = None) -> None:
+        super().__init__(message)
+        self.record = record
 
 
 class TornTailError(ChainError):
@@ -72,14 +77,6 @@ class TornTailError(ChainError):
         self.offset = offset
         self.length = length
         self.records = records
-
-
-class MalformedItem(ChainError):
-    """An item of the chain is corrupt (not a torn tail); ``record`` is its index."""
-
-    def __init__(self, message: str, *, record: int) -> None:
-        super().__init__(message)
-        self.record = record
 
 
 class CheckpointError(ChainError):

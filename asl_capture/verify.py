@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asl_capture import chain, cose, dcbor, safeio
-from asl_capture.errors import CborError, ChainError, MalformedItem, StoreError, VerificationError
+from asl_capture.errors import CborError, ChainError, StoreError, VerificationError
 from asl_capture.format import CHECKPOINT_CONTENT_TYPE, STEP_CONTENT_TYPE, Changes, Checkpoint, Manifest, StepRecord
 from asl_capture.hashing import available_cpus
 from asl_capture.store import ObjectStore, ProvenanceDir
@@ -77,10 +77,8 @@ def verify_chain(
     prov = ProvenanceDir.existing(directory)
     try:
         scan = chain.read(prov.chain)
-    except MalformedItem as exc:
-        raise VerificationError(str(exc), check="decode", record=exc.record) from None
     except ChainError as exc:
-        raise VerificationError(str(exc), check="decode") from None
+        raise VerificationError(str(exc), check="decode", record=exc.record) from None
     if not scan.items:
         if scan.torn is not None:
             raise VerificationError(f"chain holds no whole record; torn tail of {scan.torn[1]} bytes at byte "
