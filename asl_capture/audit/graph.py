@@ -38,7 +38,8 @@ def dot(recorded: Recorded) -> str:
         record = recorded.records[seq]
         seconds = (record.finished - record.started) / 1e9
         step = f"s{seq}"
-        label = _quote(f"{record.step}\nrecord {seq}, {seconds:.1f} s, {record.status}")
+        name = record.step if isinstance(record.step, str) else record.step.decode("utf-8", "backslashreplace")
+        label = _quote(f"{name}\nrecord {seq}, {seconds:.1f} s, {record.status}")
         lines.append(f"  {step} [shape=box, style=\"rounded,filled\", fillcolor=\"#fff3d6\", label={label}];")
         inputs = recorded.inputs(seq)
         outputs = recorded.outputs(seq)

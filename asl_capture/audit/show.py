@@ -76,7 +76,7 @@ def summary(record: StepRecord, seqs: dict[bytes, int]) -> dict[str, Any]:
     """One record as JSON-ready values in human terms."""
     b = record.to_value()
     out: dict[str, Any] = {
-        "seq": record.seq, "step": record.step, "status": record.status, "exit": record.exit,
+        "seq": record.seq, "step": jsonable(record.step), "status": record.status, "exit": record.exit,
         "id": record.id.hex(), "parent_seq": seqs.get(record.parent) if record.parent else None,
         "started": utc(record.started), "finished": utc(record.finished),
         "duration_s": round((record.finished - record.started) / 1e9, 3),

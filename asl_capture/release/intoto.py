@@ -54,10 +54,10 @@ def statement(
 ) -> dict[str, Any]:
     """The in-toto Statement v1 for the ISO (see ``docs/RELEASE.md`` for the mapping)."""
     outer = records[-1]  # the head: the outermost capture of the build (verification made sure it is top-level)
-    recorded_env = {k: v for k, v in outer.env.items() if v is not None}
+    recorded_env = {k: _text(v) for k, v in outer.env.items() if v is not None}
     external: dict[str, Any] = {
         "argv": [_text(a) for a in outer.argv],
-        "step": outer.step,
+        "step": _text(outer.step),
         "image": {"name": name, "version": version},
     }
     if outer.vcs is not None:
@@ -66,7 +66,7 @@ def statement(
         "chain": records[0].chain.hex(),
         "head": {"seq": head_seq, "sha256": head_digest.hex()},
         "env": recorded_env,
-        "steps": [{"seq": r.seq, "step": r.step, "id": r.id.hex(), "status": r.status} for r in records],
+        "steps": [{"seq": r.seq, "step": _text(r.step), "id": r.id.hex(), "status": r.status} for r in records],
     }
     if outer.source_date_epoch is not None:
         internal["sourceDateEpoch"] = outer.source_date_epoch
