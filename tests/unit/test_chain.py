@@ -448,3 +448,48 @@ def test_fuzz_sanity_every_single_byte_flip_of_a_real_chain(real_chain: bytes) -
             mutated = bytearray(real_chain)
             mutated[index] ^= 1 << bit
             check_split(bytes(mutated))
+
+
+def test_a_checkpoint_that_cannot_be_written_says_the_record_was_appended(
+        prov: ProvenanceDir, signer: Signer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13 item 10: a full disk while writing the checkpoint reported the record as not appended."""
+    import errno
+
+    from asl_capture import safeio
+    from asl_capture.errors import CheckpointError
+
+    append_n(prov, signer, 1)
+    older = prov.checkpoint.read_bytes()
+    real = safeio.replace_atomically
+
+    def full(target: Path, data: bytes, **kwargs: object) -> None:
+        if target == prov.checkpoint:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(target, data, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(safeio, "replace_atomically", full)
+    with pytest.raises(CheckpointError, match="record seq 1 was appended") as info:
+        chain.append(prov, signer, builder("s1", run=1), new_chain_id=Ids())
+    assert info.value.seq == 1
+    assert len(chain.read(prov.chain).items) == 2 and prov.checkpoint.read_bytes() == older
+
+
+def test_a_failed_append_is_cut_back(prov: ProvenanceDir, signer: Signer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13 item 10: a full disk during the append left a torn tail that blocked every capture."""
+    import errno
+
+    from asl_capture import safeio
+
+    append_n(prov, signer, 1)
+    before = prov.chain.read_bytes()
+
+    def full(fd: int, data: bytes) -> None:
+        os.write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(safeio, "write_all", full)
+    with pytest.raises(ChainError, match="the chain is unchanged"):
+        chain.append(prov, signer, builder("s1", run=1), new_chain_id=Ids())
+    monkeypatch.undo()
+    assert prov.chain.read_bytes() == before
+    assert chain.check_appendable(prov).next_seq == 1

@@ -191,3 +191,39 @@ def test_put_replaces_a_damaged_copy_of_the_same_size(tmp_path: Path) -> None:
     assert store.check(digest) is not None
     assert store.put(b"manifest bytes") == digest
     assert store.check(digest) is None and store.read(digest) == b"manifest bytes"
+
+
+def test_adopt_replaces_a_damaged_object_and_keeps_an_intact_one(store: ObjectStore) -> None:
+    """Issue 13 item 9: an existing object was kept by adopt() even when its bytes were damaged."""
+    data = b"log bytes\n" * 100
+    digest = hashlib.sha256(data).digest()
+    assert store.put(data) == digest
+    target = store.prov.object_path(digest)
+    target.chmod(0o644)
+    target.write_bytes(b"damaged")
+    fd, tmp = store.new_temp()
+    os.write(fd, data)
+    os.close(fd)
+    store.adopt(tmp, digest)
+    assert target.read_bytes() == data and not tmp.exists()
+    fd, tmp = store.new_temp()
+    os.write(fd, data)
+    os.close(fd)
+    before = target.stat().st_ino
+    store.adopt(tmp, digest)
+    assert target.stat().st_ino == before and not tmp.exists()
+
+
+def test_a_failed_put_leaves_no_temporary_file(store: ObjectStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from asl_capture import safeio
+
+    def full(fd: int, data: bytes) -> None:
+        os.write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(safeio, "write_all", full)
+    with pytest.raises(StoreError, match="No space left on device"):
+        store.put(b"x" * 10_000)
+    assert [p for p in store.prov.objects.rglob("*") if p.is_file()] == []
