@@ -15,8 +15,10 @@ from asl_capture.errors import AslError, RecordWriteError
 HELP_EPILOG = """\b
 Exit status: the command's own exit code; 128+N when signal N ended it; 127 when it
 cannot be started; 2 (the command is NOT run) for a usage error, an unusable key or
-provenance directory, a torn chain tail or an unreadable input; 125 when the command
-ran but its record could not be written or completed.
+provenance directory (missing, unwritable, not owned by you or writable by others), a
+torn chain tail, an unreadable input, a deleted working directory or text that cannot
+be recorded; 125 when the command ran but its record could not be written or completed
+(a full disk included: nothing half-written is left behind).
 \b
 Environment: ASL_CAPTURE_DIR (provenance directory), ASL_CAPTURE_KEY (signing key),
 ASL_KEY_PASSPHRASE or ASL_CAPTURE_PASSPHRASE_FILE (key passphrase). The command gets
