@@ -305,3 +305,39 @@ def ensure_dev_key(environ: Mapping[str, str]) -> tuple[Path, bytes | None]:
             return path, None
         raise
     return path, kid
+
+
+def load_seed(path: Path, *, passphrase: bytes | None = None) -> bytes:
+    """The raw 32-byte Ed25519 private key (seed) of a key file, with the checks of :func:`load_signer`.
+
+    An unencrypted PKCS#8 key is read without importing ``cryptography`` (slow to import on small
+    or emulated machines: the authority host signs at boot).
+
+    Raises:
+        KeyFileError: as :func:`load_signer`.
+    """
+    data = _read_key_file(path, private=True)
+    seed = _plain_ed25519_seed(data) if passphrase is None else None
+    if seed is not None:
+        return seed
+    from cryptography.hazmat.primitives import serialization
+
+    signer = load_signer(path, passphrase=passphrase)
+    return signer.private_key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+
+
+def save_seed(path: Path, seed: bytes) -> None:
+    """Write an unencrypted PKCS#8 PEM Ed25519 private key (mode 0600, never over an existing file),
+    without importing ``cryptography``.
+
+    Raises:
+        KeyFileError: ``seed`` is not 32 bytes, the file exists or cannot be written.
+    """
+    import base64
+
+    if len(seed) != 32:
+        raise KeyFileError(f"{path}: an Ed25519 private key is 32 bytes")
+    body = base64.encodebytes(_PKCS8_ED25519 + seed).replace(b"\n", b"")
+    _write_new(path, _PEM_BEGIN + b"\n" + body + b"\n" + _PEM_END + b"\n", 0o600)

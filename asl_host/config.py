@@ -1,26 +1,43 @@
-"""The authority host's configuration (``config.yaml``) and its DAM policy hash.
+"""The host's ``config.yaml`` (ASL/AUTH-HOST-CONFIG/1 sections, plus ``storage`` and ``network``).
 
-The policy is the ``policy`` mapping of ``config.yaml``; ``policy.hash`` holds
-``sha256:<hex>`` of its deterministic CBOR encoding (:func:`policy_digest`), so a policy edited
-without updating the hash (or the other way round) is detected before the service starts.
-``python3 -m asl_host.config --shell [FILE]`` prints the settings and path constants the boot script
-needs as shell assignments.
+Sections: ``host {name, version, mode}``, ``domains {<name>: {id, type, path, snapshot_retention,
+allowed_operations, courtesy_lease}}``, ``certificates {root_offline_path, domain_authority_path,
+sops_bundle_path}``, ``policy {hash_file, description}``, ``logging {path, level}``, ``store {type,
+pools, enable_snapshotting, snapshot_prefix}``, ``hooks {pre_start, post_start}``, and ours:
+``storage {label, device, mountpoint, options, wait_seconds}``, ``network {enabled}``.
+Unknown fields are ignored with a warning (upstream's rule, :attr:`HostConfig.warnings`); a wrong
+type is a one-line :class:`HostConfigError` naming the key. ``python3 -m asl_host.config --shell
+[FILE]`` prints the settings and path constants the boot script needs as shell assignments.
 """
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asl_capture import dcbor
 from asl_host.errors import HostConfigError, HostError
-from asl_host.paths import DEFAULT_CONFIG, POLICY_HASH_NAME, shell_constants
+from asl_host.paths import DEFAULT_CONFIG, POLICY_HASH_NAME, ROOTS_NAME, shell_constants
 
-DOMAINS = ("common", "personal", "pools")
+MODES = ("normal", "rescue", "admission")
+DOMAIN_TYPES = ("courtesy", "private", "authority")
+OPERATIONS = ("read", "write", "append", "seal", "gc")
+LEVELS = ("DEBUG", "INFO", "WARN", "ERROR")
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    """One ``domains.<name>`` entry."""
+
+    name: str
+    id: str
+    type: str
+    path: str
+    snapshot_retention: int
+    allowed_operations: tuple[str, ...]
+    courtesy_lease: int | None
 
 
 @dataclass(frozen=True)
@@ -28,124 +45,158 @@ class HostConfig:
     """Validated settings of ``config.yaml``."""
 
     hostname: str
+    mode: str
     storage_label: str
     storage_device: str | None
     mountpoint: Path
     mount_options: str
     wait_seconds: int
-    domains: dict[str, str]
+    domains: tuple[DomainConfig, ...]
     network_enabled: bool
     log_file: Path
-    policy: dict[str, dcbor.Value]
+    log_level: str
+    roots_file: Path
     policy_hash_file: Path
+    store_type: str
+    hooks: dict[str, str | None]
+    warnings: tuple[str, ...] = field(default=())
+
+    def store(self, domain: DomainConfig) -> Path:
+        return self.mountpoint / domain.path
 
 
-_TOP = {"version", "host", "storage", "domains", "network", "log", "policy"}
+class _Reader:
+    """Typed look-ups in one section; unknown keys become warnings."""
 
+    def __init__(self, data: object, where: str, allowed: set[str], warnings: list[str]) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise HostConfigError(f"{where}: expected a mapping")
+        self.data, self.where = data, where
+        for key in sorted(set(map(str, data)) - allowed):
+            warnings.append(f"{where}.{key}: unknown field ignored")
 
-def _section(data: dict[str, Any], key: str, allowed: set[str]) -> dict[str, Any]:
-    value = data.get(key, {})
-    if not isinstance(value, dict):
-        raise HostConfigError(f"{key}: expected a mapping")
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        raise HostConfigError(f"{key}.{unknown[0]}: unknown key")
-    return value
-
-
-def _typed(section: dict[str, Any], key: str, kind: type, default: Any, where: str) -> Any:
-    value = section.get(key, default)
-    if value is None and default is None:
-        return None
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise HostConfigError(f"{where}.{key}: expected {kind.__name__}")
-    return value
-
-
-def _policy_value(value: Any, where: str) -> dcbor.Value:
-    if isinstance(value, dict):
-        out: dict[str, dcbor.Value] = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise HostConfigError(f"{where}: policy keys must be strings")
-            out[k] = _policy_value(v, f"{where}.{k}")
-        return out
-    if isinstance(value, list):
-        return [_policy_value(v, where) for v in value]
-    if value is None or isinstance(value, bool | int | str):
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        value = self.data.get(key, default)
+        if value is None and default is None:
+            return None
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, kinds) or (int in kinds and bool not in kinds and isinstance(value, bool)):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise HostConfigError(f"{self.where}.{key}: expected {names}, got {type(value).__name__}")
         return value
-    raise HostConfigError(f"{where}: policy values must be mappings, lists, strings, integers or booleans")
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = str(self.get(key, str, default))
+        if value not in choices:
+            raise HostConfigError(f"{self.where}.{key}: expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+
+def _plain_name(value: str, where: str) -> str:
+    if "/" in value or value in ("", ".", "..") or value.startswith("."):
+        raise HostConfigError(f"{where}: expected a plain directory name, got {value!r}")
+    return value
+
+
+def _domains(data: object, warnings: list[str]) -> tuple[DomainConfig, ...]:
+    if not isinstance(data, dict) or not data:
+        raise HostConfigError("domains: expected a non-empty mapping of domain names")
+    out = []
+    for name, entry in data.items():
+        where = f"domains.{name}"
+        r = _Reader(entry, where, {"id", "type", "path", "snapshot_retention", "allowed_operations",
+                                   "courtesy_lease"}, warnings)
+        ops = r.get("allowed_operations", list, list(OPERATIONS))
+        bad = [o for o in ops if o not in OPERATIONS]
+        if bad:
+            raise HostConfigError(f"{where}.allowed_operations: {bad[0]!r} is not one of {', '.join(OPERATIONS)}")
+        dtype = r.choice("type", DOMAIN_TYPES, "private")
+        lease = r.get("courtesy_lease", int, None)
+        if lease is not None and dtype != "courtesy":
+            raise HostConfigError(f"{where}.courtesy_lease: only for courtesy domains")
+        out.append(DomainConfig(
+            name=_plain_name(str(name), where), id=str(r.get("id", str, str(name))), type=dtype,
+            path=_plain_name(str(r.get("path", str, str(name))), f"{where}.path"),
+            snapshot_retention=int(r.get("snapshot_retention", int, 0)), allowed_operations=tuple(ops),
+            courtesy_lease=lease,
+        ))
+    ids = [d.id for d in out]
+    if len(set(ids)) != len(ids):
+        raise HostConfigError("domains: two domains share one id")
+    return tuple(out)
 
 
 def parse(data: object, *, base: Path) -> HostConfig:
     """Validate parsed YAML. Raises HostConfigError naming the offending key."""
     if not isinstance(data, dict):
         raise HostConfigError("top level: expected a mapping")
-    unknown = sorted(set(data) - _TOP)
-    if unknown:
-        raise HostConfigError(f"{unknown[0]}: unknown key")
-    if data.get("version") != 1:
-        raise HostConfigError("version: expected 1")
-    host = _section(data, "host", {"name"})
-    storage = _section(data, "storage", {"label", "device", "mountpoint", "options", "wait_seconds"})
-    domains = _section(data, "domains", set(DOMAINS))
-    network = _section(data, "network", {"enabled"})
-    log = _section(data, "log", {"file"})
-    policy = data.get("policy")
-    if not isinstance(policy, dict) or not policy:
-        raise HostConfigError("policy: expected a non-empty mapping (the DAM policy)")
-    dom = {name: str(_typed(domains, name, str, name, "domains")) for name in DOMAINS}
-    for name, rel in dom.items():
-        if "/" in rel or rel in ("", ".", ".."):
-            raise HostConfigError(f"domains.{name}: expected a plain directory name")
-    mountpoint = Path(_typed(storage, "mountpoint", str, "/var/lib/asl", "storage"))
+    warnings: list[str] = []
+    top = _Reader(data, "config", {"version", "host", "domains", "certificates", "policy", "logging", "store",
+                                   "hooks", "storage", "network"}, warnings)
+    if top.get("version", int, 1) != 1:
+        raise HostConfigError("config.version: expected 1")
+    host = _Reader(data.get("host"), "host", {"name", "version", "mode"}, warnings)
+    storage = _Reader(data.get("storage"), "storage", {"label", "device", "mountpoint", "options", "wait_seconds"},
+                      warnings)
+    certs = _Reader(data.get("certificates"), "certificates", {"root_offline_path", "domain_authority_path",
+                                                               "sops_bundle_path"}, warnings)
+    policy = _Reader(data.get("policy"), "policy", {"hash_file", "description"}, warnings)
+    logging_ = _Reader(data.get("logging"), "logging", {"path", "level"}, warnings)
+    store = _Reader(data.get("store"), "store", {"type", "pools", "enable_snapshotting", "snapshot_prefix"}, warnings)
+    hooks = _Reader(data.get("hooks"), "hooks", {"pre_start", "post_start"}, warnings)
+    network = _Reader(data.get("network"), "network", {"enabled"}, warnings)
+    host.get("version", (str, int), "1")
+    store.get("pools", list, [])
+    store.get("enable_snapshotting", bool, True)
+    store.get("snapshot_prefix", str, "asl")
+    certs.get("domain_authority_path", str, "authority")
+    certs.get("sops_bundle_path", str, None)
+    policy.get("description", str, "")
+    store_type = store.choice("type", ("posix", "zfs"), "posix")
+    if store_type == "zfs":
+        raise HostConfigError("store.type: zfs needs its pools mounted before the host starts; this image has "
+                              "no ZFS (use posix)")
+    mountpoint = Path(storage.get("mountpoint", str, "/var/lib/asl"))
     if not mountpoint.is_absolute():
         raise HostConfigError("storage.mountpoint: expected an absolute path")
-    policy_value = _policy_value(policy, "policy")
-    assert isinstance(policy_value, dict)
+
+    def _path(reader: _Reader, key: str, default: str) -> Path:
+        path = Path(reader.get(key, str, default))
+        return path if path.is_absolute() else base / path
+
     return HostConfig(
-        hostname=_typed(host, "name", str, "asl-auth-host", "host"),
-        storage_label=_typed(storage, "label", str, "ASL-DATA", "storage"),
-        storage_device=_typed(storage, "device", str, None, "storage"),
+        hostname=host.get("name", str, "asl-auth-host"),
+        mode=host.choice("mode", MODES, "normal"),
+        storage_label=storage.get("label", str, "ASL-DATA"),
+        storage_device=storage.get("device", str, None),
         mountpoint=mountpoint,
-        mount_options=_typed(storage, "options", str, "nodev,nosuid,noexec", "storage"),
-        wait_seconds=_typed(storage, "wait_seconds", int, 20, "storage"),
-        domains=dom,
-        network_enabled=_typed(network, "enabled", bool, False, "network"),
-        log_file=Path(_typed(log, "file", str, "/var/log/asl-auth-host.log", "log")),
-        policy=policy_value,
-        policy_hash_file=base / POLICY_HASH_NAME,
+        mount_options=storage.get("options", str, "nodev,nosuid,noexec"),
+        wait_seconds=storage.get("wait_seconds", int, 20),
+        domains=_domains(data.get("domains"), warnings),
+        network_enabled=network.get("enabled", bool, False),
+        log_file=Path(logging_.get("path", str, "/var/log/asl-auth-host.log")),
+        log_level=logging_.choice("level", LEVELS, "INFO"),
+        roots_file=_path(certs, "root_offline_path", ROOTS_NAME),
+        policy_hash_file=_path(policy, "hash_file", POLICY_HASH_NAME),
+        store_type=store_type,
+        hooks={k: hooks.get(k, str, None) for k in ("pre_start", "post_start")},
+        warnings=tuple(warnings),
     )
 
 
 def load(path: Path = DEFAULT_CONFIG) -> HostConfig:
     """Read and validate ``config.yaml``. Raises HostConfigError."""
-    import yaml  # imported here: keeps --shell start-up cheap
+    import yaml  # imported here: keeps the package's import cheap
 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise HostConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise HostConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     return parse(data, base=path.parent)
-
-
-def policy_digest(policy: dict[str, dcbor.Value]) -> str:
-    """``sha256:<hex>`` of the deterministic CBOR encoding of the policy mapping."""
-    return "sha256:" + hashlib.sha256(dcbor.encode(policy)).hexdigest()
-
-
-def pinned_policy_hash(cfg: HostConfig) -> str:
-    """The content of ``policy.hash`` (first line, stripped). Raises HostConfigError."""
-    try:
-        text = cfg.policy_hash_file.read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HostConfigError(f"{cfg.policy_hash_file}: cannot read: {exc}") from None
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    if not line.startswith("sha256:") or len(line) != 71:
-        raise HostConfigError(f"{cfg.policy_hash_file}: expected one line 'sha256:<64 hex>'")
-    return line
 
 
 def shell_lines(cfg: HostConfig, config_path: Path) -> list[str]:
@@ -161,7 +212,7 @@ def shell_lines(cfg: HostConfig, config_path: Path) -> list[str]:
         "ASL_WAIT_SECONDS": str(cfg.wait_seconds),
         "ASL_NETWORK_ENABLED": "1" if cfg.network_enabled else "0",
         "ASL_LOG_FILE": str(cfg.log_file),
-        "ASL_DOMAINS": " ".join(cfg.domains[d] for d in DOMAINS),
+        "ASL_DOMAINS": " ".join(d.path for d in cfg.domains),
     }
     return [f"{k}={shlex.quote(v)}" for k, v in values.items()]
 
@@ -178,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     except HostError as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return exc.exit_code
+    for warning in cfg.warnings:
+        print(f"config: warning: {warning}", file=sys.stderr)
     print("\n".join(shell_lines(cfg, path)))
     return 0
 

@@ -37,3 +37,32 @@ def shell_constants() -> dict[str, str]:
         "ASL_TEST_MODE_MARKER": TEST_MODE_MARKER,
         "ASL_RESCUE_BIN": str(RESCUE_BIN),
     }
+
+# Inside a domain store (config.yaml domains.<name>.path, below the data disk's mount point).
+#: The domain's authority artifacts: the threshold-signed certificate, the DAM, the policy.
+AUTHORITY_DIR = "authority"
+CERT_NAME = "certificate.cbor"
+DAM_NAME = "dam.cose"
+POLICY_NAME = "policy.cbor"
+#: The append-only, hash-linked log of signed receipts (a CBOR sequence of COSE_Sign1).
+LOG_NAME = "log.cbor"
+#: Content-addressed artifacts: objects/sha256/<2 hex>/<62 hex>.
+OBJECTS_DIR = "objects"
+#: The domain's private keys (domain root and principals), 0600: on the data disk, never in the image.
+KEYS_DIR = "keys"
+DOMAIN_ROOT_KEY = "root"
+#: Where ``asl-rescue check`` moves objects whose bytes no longer match their name.
+QUARANTINE_DIR = "quarantine"
+
+# In the host's state directory on the data disk.
+HOST_KEY_NAME = "host.key"
+CLAIMS_DIR = "env-claims"
+
+# The pinned trust, in the image beside config.yaml (inputs of the image build, pipeline/image.yaml).
+ROOTS_NAME = "roots.cbor"
+#: The build manifest of the image on the boot medium (mounted by the initramfs): its SHA-256 is the
+#: image identity that ``asl-verify iso`` prints.
+BUILD_MANIFEST = Path("/run/live/iso/asl/build-manifest.cbor")
+#: What the environment claim hashes as "the installed host tools".
+HOST_TOOLS = (Path("/bin/asl-auth-host"), Path("/bin/asl-rescue"), Path("/bin/init-asl-host.sh"),
+              Path("/usr/local/bin/asl-admin"))

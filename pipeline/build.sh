@@ -67,8 +67,8 @@ for step in $STEPS; do
                 --attach "$W/rootfs-meta/debian" ;;
         overlay)
             run_step overlay -i pipeline/steps/overlay.sh -i pipeline/tools/overlay.py \
-                -i "$IMG_PATHS_OVERLAY" -i "$IMG_PYTHON_PACKAGE" -i "$IMG_PYTHON_SHARED" -i "$W/rootfs" \
-                -i "$ASL_IMAGE_CONFIG" \
+                -i "$IMG_PATHS_OVERLAY" -i "$IMG_PYTHON_PACKAGE" -i "$IMG_PYTHON_SHARED" -i "$IMG_TRUST_ROOTS" \
+                -i "$IMG_TRUST_POLICY_HASH" -i "$W/rootfs" -i "$ASL_IMAGE_CONFIG" \
                 -o "$W/isoroot" -o "$W/overlay-staged" ;;
         bootloader)
             run_step bootloader -i pipeline/steps/bootloader.sh -i "$ASL_IMAGE_CONFIG" \

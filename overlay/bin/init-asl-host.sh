@@ -3,10 +3,13 @@
 # initramfs (switch_root), or by hand with ASL_NO_PID1=1.
 #   1. offline: only `lo` up, every other interface down, unless network.enabled in config.yaml
 #   2. mount the writable data disk (label, default ASL-DATA, or storage.device) at /var/lib/asl
-#   3./4./5. asl-auth-host: open or initialise the domain stores, enforce the DAM (policy.hash and
-#      the data disk's witness), start, log to /var/log/asl-auth-host.log, print READY on the console.
+#   3./4./5. asl-auth-host: per domain, verify certificate, DAM, policy hash and log against the
+#      trust pinned in the image (writable only when all hold, else read-only with the reason on the
+#      console and in the log), write this boot's environment claim, print READY on the console.
 # Kernel command line: asl.test=1 (or the test-mode marker file on the data disk) prints ASL-CHECK
-# lines and powers off after READY; asl.rescue=1 skips storage and service and opens asl-rescue.
+# lines after READY, then runs commands typed on the console (one per line, each followed by
+# ASL-CMD-EXIT <status>) until "poweroff" or 60 s without input, and powers off; asl.rescue=1 skips
+# storage and service and opens asl-rescue.
 # Paths and settings come from the host package (`python3 -m asl_host.config --shell`, asl_host.paths);
 # none is repeated here. ASL_CONFIG in the environment overrides the configuration file.
 set -u
@@ -137,6 +140,12 @@ if [ "$TEST_MODE" = 1 ]; then
     check "log $($BB wc -l < "$ASL_LOG_FILE") lines in $ASL_LOG_FILE"
     kill "$SERVICE" 2>/dev/null
     wait "$SERVICE" 2>/dev/null
+    check "console"
+    while IFS= read -r -t 60 line; do
+        [ "$line" = poweroff ] && break
+        sh -c "$line"
+        echo "ASL-CMD-EXIT $?"
+    done
     finish 0
 fi
 is_pid1 || exit 0

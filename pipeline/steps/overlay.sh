@@ -10,4 +10,5 @@ exec "$ASL_PY" pipeline/tools/overlay.py \
     --rootfs "$WORK/rootfs" --overlay "${ASL_OVERLAY_DIR:-$IMG_PATHS_OVERLAY}" \
     --staged "$WORK/overlay-staged" --out "$WORK/isoroot" \
     --package "$IMG_PYTHON_PACKAGE" --shared "$IMG_PYTHON_SHARED" --package-dest "$IMG_PYTHON_DEST" \
+    --trust-roots "$IMG_TRUST_ROOTS" --trust-policy-hash "$IMG_TRUST_POLICY_HASH" \
     --modules "$IMG_KERNEL_MODULES" --epoch "$SOURCE_DATE_EPOCH"

@@ -47,12 +47,14 @@ SCHEMA: dict[str, tuple[str, bool]] = {
     "boot": (_MAP, True),
     "python_package": (_STR, True),
     "python_shared": (_STR, True),
+    "trust": (_MAP, True),
     "python_dest": (_STR, True),
     "paths": (_MAP, True),
 }
 NESTED: dict[str, dict[str, tuple[str, bool]]] = {
     "kernel": {"modules": (_LIST, True)},
     "boot": {"serial": (_STR, True), "timeout": (_INT, True), "cmdline": (_STR, False)},
+    "trust": {"roots": (_STR, True), "policy_hash": (_STR, True)},
     "paths": {
         "overlay": (_STR, True),
         "out": (_STR, True),

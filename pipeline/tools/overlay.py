@@ -90,6 +90,44 @@ def stage_overlay(src: Path, dest: Path) -> list[str]:
     return done
 
 
+#: Where the pinned trust goes in the image (relative to the root; asl_host.paths reads it there).
+TRUST_DIR = "etc/asl-auth-host"
+_TRUST_MAX = 64 * 1024
+
+
+def stage_trust(staged: Path, roots: Path, policy_hash: Path) -> list[str]:
+    """Put the pinned trust (root set, policy.hash) into the staged overlay; returns their paths.
+
+    Raises:
+        OverlayError: a file missing, not regular, too large, or ``policy.hash`` not one
+            ``sha256:<64 hex>`` line.
+    """
+    out: list[str] = []
+    for src, name in ((roots, "roots.cbor"), (policy_hash, "policy.hash")):
+        try:
+            st = os.lstat(src)
+        except OSError as exc:
+            raise OverlayError(f"trust: {src}: {exc.strerror}") from None
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _TRUST_MAX or st.st_size == 0:
+            raise OverlayError(f"trust: {src}: expected a regular file of at most {_TRUST_MAX} bytes")
+        data = src.read_bytes()
+        if name == "policy.hash":
+            text = data.decode("ascii", "replace").strip()
+            if len(text) != 71 or not text.startswith("sha256:") or any(c not in "0123456789abcdef" for c in text[7:]):
+                raise OverlayError(f"trust: {src}: expected one line 'sha256:<64 hex>'")
+        rel = f"{TRUST_DIR}/{name}"
+        dest = staged / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists() and dest.read_bytes() == data:
+            out.append(rel)
+            continue
+        dest.unlink(missing_ok=True)
+        dest.write_bytes(data)
+        os.chmod(dest, 0o644)
+        out.append(rel)
+    return out
+
+
 def resolve_in_root(root: Path, rel: str) -> Path:
     """The host path of ``/rel`` inside ``root``, following symlinks inside the root only."""
     parts = [p for p in rel.split("/") if p not in ("", ".")]
@@ -290,12 +328,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", type=Path, required=True,
                         help="package whose modules --package imports (only those are installed)")
     parser.add_argument("--package-dest", required=True)
+    parser.add_argument("--trust-roots", type=Path, required=True, help="the offline root set to pin")
+    parser.add_argument("--trust-policy-hash", type=Path, required=True, help="the policy.hash to pin")
     parser.add_argument("--modules", required=True)
     parser.add_argument("--epoch", type=int, required=True)
     parser.add_argument("--stage-only", action="store_true", help="only validate and stage the overlay")
     args = parser.parse_args(argv)
     try:
         rels = stage_overlay(args.overlay, args.staged)
+        rels += [r for r in stage_trust(args.staged, args.trust_roots, args.trust_policy_hash) if r not in rels]
         clamp(args.staged, args.epoch)
         if args.stage_only:
             return 0

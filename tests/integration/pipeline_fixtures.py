@@ -11,6 +11,7 @@ also builds only once.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import re
 import select
@@ -21,7 +22,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,8 @@ class Build:
     trust: Path | None
     seconds: float
     log: str
+    #: The offline roots directory (private keys included) whose root set and policy.hash the image pins.
+    authority: Path | None = None
 
 
 @dataclass
@@ -147,9 +150,11 @@ def pipeline_build(tmp_path_factory: pytest.TempPathFactory) -> Build:
         if reuse:
             repo = Path(reuse)
             trust = os.environ.get("ASL_TEST_REPO_TRUST")  # the build's public key, when its tests need one
+            authority = repo.parent / "authority"  # where the fixture puts it beside a tree it built
             _BUILDS["main"] = Build(repo=repo, iso=repo / "out" / iso_name(repo),
                                     provenance=repo / "out" / "provenance", trust=Path(trust) if trust else None,
-                                    seconds=0.0, log="")
+                                    seconds=0.0, log="",
+                                    authority=authority if (authority / "roots.cbor").is_file() else None)
         else:
             # a directory every user can enter (the _apt user too), unlike pytest's 0700 temporary tree,
             # so builds under umask 077 in a root-only directory are compared with a build where apt
@@ -157,8 +162,9 @@ def pipeline_build(tmp_path_factory: pytest.TempPathFactory) -> Build:
             top = Path(tempfile.mkdtemp(prefix="asl-pipeline-"))
             top.chmod(0o755)
             atexit.register(shutil.rmtree, top, True)
-            repo = commit_tree(copy_tree(top / "a"))
-            _BUILDS["main"] = run_build(repo)
+            authority = make_test_authority(top / "authority")
+            repo = commit_tree(install_trust(copy_tree(top / "a"), authority))
+            _BUILDS["main"] = replace(run_build(repo), authority=authority)
     return _BUILDS["main"]
 
 
@@ -175,9 +181,30 @@ def commit_tree(repo: Path) -> Path:
     return repo
 
 
-def make_data_disk(path: Path, *, label: str = "ASL-DATA", test_mode: bool = True, size_mb: int = 64) -> Path:
-    """A raw ext4 image labelled ``label``; ``test_mode`` puts ``.asl-test-mode`` on it (no root mount needed)."""
-    seed = path.with_suffix(".seed")
+def make_test_authority(directory: Path) -> Path:
+    """Offline roots for the test image (3 keys, threshold 2) with the example policy pinned beside them."""
+    if not (directory / "roots.cbor").is_file():
+        from asl_host.actions import RootsDir, init_roots, pin_policy
+        from asl_host.policyfile import load_policy
+
+        init_roots(directory, count=3, threshold=2, passphrase=None)
+        pin_policy(RootsDir(directory), load_policy(REPO / "docs" / "examples" / "policy.yaml"))
+    return directory
+
+
+def install_trust(repo: Path, authority: Path) -> Path:
+    """Point the image of the tree ``repo`` at ``authority``'s root set and policy.hash (the trust defaults)."""
+    dest = repo / "overlay" / "etc" / "asl-auth-host"
+    for name in ("roots.cbor", "policy.hash"):
+        shutil.copyfile(authority / name, dest / name)
+    return repo
+
+
+def make_data_disk(path: Path, *, label: str = "ASL-DATA", test_mode: bool = True, size_mb: int = 64,
+                   seed: Path | None = None) -> Path:
+    """A raw ext4 image labelled ``label`` holding the tree ``seed``; ``test_mode`` puts ``.asl-test-mode``
+    on it (no root mount needed)."""
+    seed = seed or path.with_suffix(".seed")
     seed.mkdir(exist_ok=True)
     if test_mode:
         (seed / ".asl-test-mode").write_text("print checks and power off\n", encoding="utf-8")
@@ -202,8 +229,11 @@ def qemu_argv(iso: Path, *, disk: Path | None, uefi: bool, vars_file: Path | Non
 
 
 def boot(iso: Path, *, disk: Path | None, uefi: bool, workdir: Path, timeout: float = 240.0,
-         until: str | None = None) -> Boot:
-    """Boot under qemu until it powers off (or ``until`` appears, or ``timeout``); collect the console."""
+         until: str | None = None, commands: Sequence[str] = ()) -> Boot:
+    """Boot under qemu until it powers off (or ``until`` appears, or ``timeout``); collect the console.
+
+    In self-test mode the guest reads commands from the console after ``ASL-CHECK console``: the
+    ``commands`` are typed there, then ``poweroff``."""
     vars_file = None
     if uefi:
         vars_file = workdir / "OVMF_VARS.fd"
@@ -211,8 +241,8 @@ def boot(iso: Path, *, disk: Path | None, uefi: bool, workdir: Path, timeout: fl
     result = Boot()
     t0 = time.monotonic()
     proc = subprocess.Popen(qemu_argv(iso, disk=disk, uefi=uefi, vars_file=vars_file),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None and proc.stdin is not None
     try:
         for line in _lines(proc, t0 + timeout):
             text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line.decode("utf-8", "replace")).strip()
@@ -221,6 +251,10 @@ def boot(iso: Path, *, disk: Path | None, uefi: bool, workdir: Path, timeout: fl
                 result.ready_after = time.monotonic() - t0
             if until is not None and until in text:
                 break
+            if text == "ASL-CHECK console":
+                with contextlib.suppress(BrokenPipeError):
+                    proc.stdin.write("".join(f"{c}\n" for c in [*commands, "poweroff"]).encode())
+                    proc.stdin.flush()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -91,6 +91,8 @@ def _stage(overlay: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
                 "--staged", str(tmp_path / "staged"), "--out", str(tmp_path / "iso"),
                 "--package", str(REPO / "asl_host"), "--shared", str(REPO / "asl_capture"),
                 "--package-dest", "/usr/lib/python3/dist-packages",
+                "--trust-roots", str(REPO / "overlay/etc/asl-auth-host/roots.cbor"),
+                "--trust-policy-hash", str(REPO / "overlay/etc/asl-auth-host/policy.hash"),
                 "--modules", "ext4", "--epoch", "1735689600", "--stage-only")
 
 
