@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from asl_capture import dcbor
+from asl_capture import dcbor, keys
 from asl_host import actions, signed
 from asl_host.formats import CT_DAM, CT_RECEIPT, Receipt, Subject, sha256
 from asl_host.paths import AUTHORITY_DIR, DAM_NAME, KEYS_DIR, LOG_NAME, POLICY_HASH_NAME
@@ -91,7 +91,7 @@ def make_domain(storage: Path, name: str, roots: Path, fault: str | None, work: 
     elif fault == "principal-role":  # bob (audit) "signs" by appending a receipt directly to the log
         log = store / LOG_NAME
         items = log.read_bytes()
-        seed = actions.keys.load_seed(store / KEYS_DIR / "bob.key")
+        seed = keys.load_seed(store / KEYS_DIR / "bob.key")
         from asl_host import ed25519
 
         receipt = Receipt(domain_id=name, seq=1, prev=sha256(items), action="sign",

@@ -198,14 +198,17 @@ def test_chroot_style_resolution_never_leaves_the_root(tmp_path: Path) -> None:
     assert ov.resolve_in_root(root, "../../x") == root / "x"
 
 
-def _host_config(tmp_path: Path) -> Path:
+def _host_config(tmp_path: Path, authority: Path) -> Path:
+    """The shipped config.yaml with the data disk, log and pinned trust moved under ``tmp_path``."""
     etc = tmp_path / "etc"
     etc.mkdir()
     text = (REPO / "overlay/etc/asl-auth-host/config.yaml").read_text(encoding="utf-8")
     text = text.replace("/var/lib/asl", str(tmp_path / "data")).replace("/var/log/asl-auth-host.log",
                                                                        str(tmp_path / "host.log"))
+    text = text.replace("/etc/asl-auth-host/", f"{etc}/")
     (etc / "config.yaml").write_text(text, encoding="utf-8")
-    (etc / "policy.hash").write_bytes((REPO / "overlay/etc/asl-auth-host/policy.hash").read_bytes())
+    for name in ("roots.cbor", "policy.hash"):
+        (etc / name).write_bytes((authority / name).read_bytes())
     (tmp_path / "data").mkdir()
     return etc / "config.yaml"
 
@@ -215,40 +218,55 @@ def _host(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
                            "--ready-file", str(config.parent / "ready"), *extra], capture_output=True, text=True)
 
 
-def test_shipped_policy_hash_matches_the_shipped_policy() -> None:
-    res = subprocess.run([sys.executable, "-m", "asl_host.admin", "check", "--config",
-                          str(REPO / "overlay/etc/asl-auth-host/config.yaml")], capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
+@pytest.fixture(scope="module")
+def authority(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.integration.pipeline_fixtures import make_test_authority
+
+    return make_test_authority(tmp_path_factory.mktemp("host") / "roots")
 
 
-def test_host_starts_persists_and_counts_boots(tmp_path: Path) -> None:
-    config = _host_config(tmp_path)
+def test_host_checks_each_domain_counts_boots_and_writes_a_claim(tmp_path: Path, authority: Path) -> None:
+    from asl_host.claim import read_claim
+    from tests.hostfaults import make_domain
+
+    config = _host_config(tmp_path, authority)
+    make_domain(tmp_path / "data", "personal", authority, None, tmp_path / "work")
+    make_domain(tmp_path / "data", "common", authority, "dam-flip", tmp_path / "work")
     first = _host(config, "--no-require-mount")
     assert first.returncode == 0, first.stderr
-    assert first.stdout.startswith("ASL-AUTH-HOST READY boot=1 ")
-    assert _host(config, "--no-require-mount").stdout.startswith("ASL-AUTH-HOST READY boot=2 ")
-    for store in ("common", "personal", "pools"):
-        assert (tmp_path / "data" / store / ".asl-domain").is_file()
+    assert "ASL-AUTH-HOST READY boot=1 domains=common:read-only,personal:writable,pools:read-only" in first.stdout
+    assert "domain common (id common): read-only: dam: Ed25519 signature does not verify" in first.stdout
+    assert "domain pools (id pools): read-only: not initialised" in first.stdout
+    log = (tmp_path / "host.log").read_text()
+    assert "WARNING domain common (id common): read-only: dam: Ed25519 signature does not verify" in log
+    assert _host(config, "--no-require-mount").stdout.count("READY boot=2 ") == 1
+    claim = read_claim((tmp_path / "data/.asl-host/env-claims/2.claim").read_bytes())
+    assert claim.boot == 2 and claim.stores["personal"]["state"] == "writable"
+    assert claim.image == "sha256:" + "0" * 64  # no boot medium here
+    assert not (tmp_path / "data/pools").exists()  # a read-only domain is never created or written
 
 
-def test_host_refuses_storage_that_is_not_a_mount_point(tmp_path: Path) -> None:
-    res = _host(_host_config(tmp_path))
+def test_host_refuses_storage_that_is_not_a_mount_point(tmp_path: Path, authority: Path) -> None:
+    res = _host(_host_config(tmp_path, authority))
     assert res.returncode == 2 and "not a mount point" in res.stderr
 
 
-def test_dam_refuses_a_policy_that_does_not_match_policy_hash(tmp_path: Path) -> None:
-    config = _host_config(tmp_path)
-    config.write_text(config.read_text().replace("required: 1", "required: 0"))
+def test_host_refuses_to_start_without_usable_pinned_trust(tmp_path: Path, authority: Path) -> None:
+    config = _host_config(tmp_path, authority)
+    (config.parent / "policy.hash").write_text("sha256:nothex\n")
     res = _host(config, "--no-require-mount")
-    assert res.returncode == 1 and "PolicyError" in res.stderr and "READY" not in res.stdout
+    assert res.returncode == 2 and "pinned trust unusable" in res.stderr and "READY" not in res.stdout
 
 
-def test_dam_refuses_a_policy_the_data_disk_did_not_witness(tmp_path: Path) -> None:
-    config = _host_config(tmp_path)
-    assert _host(config, "--no-require-mount").returncode == 0
-    config.write_text(config.read_text().replace("required: 1", "required: 2"))
-    new_hash = subprocess.run([sys.executable, "-m", "asl_host.admin", "policy-hash", "--config",
-                               str(config)], capture_output=True, text=True, check=True).stdout
-    (config.parent / "policy.hash").write_text(new_hash)
-    res = _host(config, "--no-require-mount")
-    assert res.returncode == 1 and "witnessed policy" in res.stderr
+def test_config_shell_hands_the_paths_to_the_boot_script() -> None:
+    res = subprocess.run([sys.executable, "-m", "asl_host.config", "--shell",
+                          str(REPO / "overlay/etc/asl-auth-host/config.yaml")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    from asl_host import paths
+
+    assert f"ASL_READY_FILE={paths.READY_FILE}" in res.stdout.splitlines()
+    assert "ASL_DOMAINS='common personal pools'" in res.stdout.splitlines()
+    script = (REPO / "overlay/bin/init-asl-host.sh").read_text()
+    for constant in (str(paths.READY_FILE), paths.STATE_DIR, paths.DOMAIN_MARKER, paths.TEST_MODE_MARKER,
+                     str(paths.DEFAULT_CONFIG)):
+        assert constant not in script, f"init-asl-host.sh repeats {constant}"
