@@ -147,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
             line = f"domain {v.name} (id {v.domain_id}): read-only: {v.reason}"
             log.warning("%s", line)
         print(f"asl-auth-host: {line}", flush=True)
-    log.info("DAM checks of %d domain(s) took %.3f s", len(started.verdicts), started.check_seconds)
+    timing = f"DAM checks of {len(started.verdicts)} domain(s) took {started.check_seconds:.3f} s"
+    log.info("%s", timing)
+    print(f"asl-auth-host: {timing}", flush=True)
     log.info("environment claim %s (image %s)", started.claim_path, started.image)
     print(f"asl-auth-host: environment claim {started.claim_path} image={started.image}", flush=True)
     line = (f"ASL-AUTH-HOST READY boot={started.boot} "

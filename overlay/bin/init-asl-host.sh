@@ -141,11 +141,13 @@ if [ "$TEST_MODE" = 1 ]; then
     kill "$SERVICE" 2>/dev/null
     wait "$SERVICE" 2>/dev/null
     check "console"
-    while IFS= read -r -t 60 line; do
+    # busybox ash: dash's read has no timeout
+    # shellcheck disable=SC2016
+    $BB sh -c 'while IFS= read -r -t 60 line; do
         [ "$line" = poweroff ] && break
         sh -c "$line"
         echo "ASL-CMD-EXIT $?"
-    done
+    done'
     finish 0
 fi
 is_pid1 || exit 0
