@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from asl_capture import keys
+from asl_capture import __version__, keys
 from asl_capture.errors import KeyFileError
 from asl_host import actions
 from asl_host.authority import MAX_LOG, Trust, Verdict, assess, read_bounded, verify_authority
@@ -179,7 +179,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_sign(args: argparse.Namespace) -> int:
     ctx = _context(args, name=args.domain)
     d = ctx.domain(args.domain)
-    data = read_bounded(args.file, MAX_LOG, "file to sign")
+    data = read_bounded(args.file, MAX_LOG, "file to sign", follow=True)
     receipt = actions.act(d.store, d.id, ctx.trust, action="sign", principal=getattr(args, "as"), data=data,
                           name=args.file.name)
     assert receipt.subject is not None
@@ -242,6 +242,7 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--storage", type=Path, help="the data disk's root directory (default: config.yaml)")
     where.add_argument("--roots", type=Path, help="roots directory (default: the trust pinned in the image)")
     parser = argparse.ArgumentParser(prog="asl-admin", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     roots = sub.add_parser("roots", parents=[common]).add_subparsers(dest="sub", required=True)
     init = roots.add_parser("init", parents=[common], help="create offline root keys and the root set")

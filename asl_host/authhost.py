@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from asl_capture import __version__
 from asl_host import claim
 from asl_host.authority import Trust, Verdict, assess
 from asl_host.config import HostConfig, load
@@ -117,6 +118,7 @@ def _stop(signum: int, _frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``asl-auth-host``; exit 0 stopped, 2 unusable config, trust or storage."""
     parser = argparse.ArgumentParser(prog="asl-auth-host", description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--ready-file", type=Path, default=READY_FILE)
     parser.add_argument("--once", action="store_true", help="exit after READY (checks, tests)")

@@ -37,7 +37,7 @@ from asl_host.formats import (
     parse_hash_text,
     sha256,
 )
-from asl_host.paths import AUTHORITY_DIR, CERT_NAME, DAM_NAME, LOG_NAME, POLICY_NAME
+from asl_host.paths import AUTHORITY_DIR, CERT_NAME, DAM_NAME, KEYS_DIR, LOG_NAME, OBJECTS_DIR, POLICY_NAME
 
 #: Upper bound on a domain log read at boot.
 MAX_LOG = 256 << 20
@@ -49,14 +49,16 @@ class Refused(HostError):
     exit_code = EXIT_FAILED
 
 
-def read_bounded(path: Path, limit: int, what: str) -> bytes:
-    """The bytes of a regular file (never through a symlink) of at most ``limit`` bytes.
+def read_bounded(path: Path, limit: int, what: str, *, follow: bool = False) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, never through a symlink unless ``follow``
+    (a file the operator names, not an artifact of the data disk).
 
     Raises:
         Refused: missing, not a regular file, too large or unreadable (``what`` names it).
     """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise Refused(f"{what}: missing ({path})") from None
     except OSError as exc:
@@ -225,6 +227,10 @@ def verify_log(data: bytes, dam: DAM, dam_digest: bytes, domain_id: str) -> tupl
 def verify_authority(store: Path, domain_id: str, trust: Trust) -> Authority:
     """All checks of the module docstring for the store at ``store``. Raises Refused with the reason."""
     auth = store / AUTHORITY_DIR
+    # The data disk is hostile: a symlink here could make the host read or write outside the store.
+    for part in (store, auth, store / OBJECTS_DIR, store / OBJECTS_DIR / "sha256", store / KEYS_DIR):
+        if part.is_symlink():
+            raise Refused(f"{part} is a symlink; refusing a store that points outside itself")
     if not auth.is_dir():
         raise Refused(f"not initialised: no {AUTHORITY_DIR}/ in {store} (asl-admin domain genesis)")
     cert = verify_certificate(read_bounded(auth / CERT_NAME, MAX_ARTIFACT, "certificate"), trust, domain_id)

@@ -21,7 +21,7 @@ from asl_host import ed25519, signed
 from asl_host.authority import Trust, Verdict
 from asl_host.errors import StorageError
 from asl_host.formats import CT_CLAIM, EnvironmentClaim, FormatError, decode, hash_text
-from asl_host.paths import CLAIMS_DIR, HOST_KEY_NAME, HOST_TOOLS
+from asl_host.paths import CLAIMS_DIR, HOST_KEY_NAME, HOST_TOOLS, OBJECTS_DIR
 
 UNKNOWN_IMAGE = "sha256:" + "0" * 64
 
@@ -69,7 +69,11 @@ def tool_digests() -> dict[str, str]:
 
 
 def store_checksum(store: Path) -> str:
-    """``sha256:`` over the sorted (path, type, size, content digest or link target) of a store's tree."""
+    """``sha256:`` over the sorted (path, type, size, content digest or link target) of a store's tree.
+
+    Objects are content-addressed: their name stands for their content and they are not re-read at
+    every boot (``asl-rescue check`` re-hashes them).
+    """
     h = hashlib.sha256()
     if not store.is_dir():
         return hash_text(h.digest())
@@ -81,7 +85,9 @@ def store_checksum(store: Path) -> str:
             rel = path.relative_to(store).as_posix()
             st = os.lstat(path)
             if stat.S_ISREG(st.st_mode):
-                entries.append((rel, f"f {st.st_size} {file_digest(path)}"))
+                named = rel.startswith(f"{OBJECTS_DIR}/sha256/") and rel.count("/") == 3
+                digest = "sha256:" + rel.split("/")[2] + name if named else file_digest(path)
+                entries.append((rel, f"f {st.st_size} {digest}"))
             elif stat.S_ISLNK(st.st_mode):
                 entries.append((rel, f"l {os.readlink(path)}"))
             elif stat.S_ISDIR(st.st_mode):

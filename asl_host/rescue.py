@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from asl_capture import __version__
 from asl_host import actions
 from asl_host.admin import _context
 from asl_host.authority import MAX_LOG, Refused, read_bounded, verify_authority
@@ -105,7 +106,7 @@ def _cmd_intake(args: argparse.Namespace) -> int:
     d = ctx.domain(args.domain)
     rows = []
     for file in args.files:
-        data = read_bounded(file, MAX_LOG, "file to take in")
+        data = read_bounded(file, MAX_LOG, "file to take in", follow=True)
         receipt = actions.act(d.store, d.id, ctx.trust, action="intake", principal=getattr(args, "as"), data=data,
                               name=file.name)
         assert receipt.subject is not None
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--storage", type=Path)
     common.add_argument("--roots", type=Path)
     parser = argparse.ArgumentParser(prog="asl-rescue", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command")
     check = sub.add_parser("check", parents=[common], help="re-hash objects, verify logs, quarantine")
     check.set_defaults(fn=_cmd_check)

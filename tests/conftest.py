@@ -68,6 +68,9 @@ def cli(tool: str, *args: str | os.PathLike[str], env: dict[str, str], cwd: Path
         "asl-keys": "asl_capture.cli.keys",
         "asl-chain": "asl_capture.cli.chain",
         "asl-release": "asl_capture.cli.release",
+        "asl-admin": "asl_host.admin",
+        "asl-rescue": "asl_host.rescue",
+        "asl-auth-host": "asl_host.authhost",
     }[tool]
     argv: Sequence[str | os.PathLike[str]] = [sys.executable, "-m", module, *args]
     return subprocess.run(argv, env=env, cwd=cwd, input=stdin, capture_output=True, timeout=timeout, check=False)
