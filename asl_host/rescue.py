@@ -65,6 +65,8 @@ def check_objects(store: Path) -> list[str]:
 
 def _quarantine(store: Path, path: Path, why: str) -> str:
     qdir = store / QUARANTINE_DIR
+    if qdir.is_symlink():
+        raise HostError(f"{qdir} is a symlink; refusing to move objects through it")
     qdir.mkdir(mode=0o700, exist_ok=True)
     target = qdir / path.name
     n = 0
