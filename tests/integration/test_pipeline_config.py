@@ -40,7 +40,7 @@ def test_shipped_image_yaml_is_valid() -> None:
 
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda t: t + "colour: blue\n", "colour: unknown key"),
-    (lambda t: t.replace("version: 1.0.0", "version: 1"), "version: expected a string, got int"),
+    (lambda t: t.replace("version: 2.0.0", "version: 1"), "version: expected a string, got int"),
     (lambda t: t.replace("suite: bookworm\n", ""), "suite: missing required field"),
     (lambda t: t.replace("  timeout: 1", "  timeout: soon"), "boot.timeout: expected an integer, got str"),
     (lambda t: t.replace("  serial: ttyS0,115200", "  serial: ttyS0\n  baud: 9600"), "boot.baud: unknown key"),

@@ -201,10 +201,10 @@ def test_versioning_rule_through_publish(released: Released, tmp_path: Path) -> 
 
     def drop_log_key(overlay: Path) -> None:
         config = overlay / "etc/asl-auth-host/config.yaml"
-        config.write_text(config.read_text().replace("log:\n  file: /var/log/asl-auth-host.log\n", ""))
+        config.write_text(config.read_text().replace("  level: INFO\n", ""))
 
     minor = mini_build(tmp_path / "minor", version="1.1.0", ephemeral=True, change=drop_log_key)
-    with pytest.raises(VersionRuleError, match=r"config\.yaml key 'log\.file' removed or renamed"):
+    with pytest.raises(VersionRuleError, match=r"config\.yaml key 'logging\.level' removed or renamed"):
         do_publish(minor, released.key, out)
     assert sorted(p.name for p in out.iterdir()) == ["1.0.0"]
     result = cli("asl-release", "publish", "--iso", minor.iso, "--provenance", minor.provenance, "--key",
@@ -217,8 +217,7 @@ def test_versioning_rule_through_publish(released: Released, tmp_path: Path) -> 
     major = mini_build(tmp_path / "major", version="2.0.0", ephemeral=True, change=drop_log_key)
     done = do_publish(major, released.key, out)
     assert done.previous == "1.0.0" and done.changes is not None
-    assert done.changes.incompatible == ("config.yaml key 'log' removed or renamed",
-                                         "config.yaml key 'log.file' removed or renamed")
+    assert done.changes.incompatible == ("config.yaml key 'logging.level' removed or renamed",)
     assert sorted(p.name for p in out.iterdir()) == ["1.0.0", "2.0.0"]
 
 

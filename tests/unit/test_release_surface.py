@@ -51,7 +51,7 @@ def test_overlay_surface_is_the_spec_layout(image: Path) -> None:
     assert set(surface.layout) == set(SPEC_LAYOUT)
     assert surface.layout["bin/asl-auth-host"] == "f" and surface.layout["var/lib/asl/pools"] == "d"
     assert surface.config["storage.wait_seconds"] == "int" and surface.config["storage.device"] == "null"
-    assert surface.config["policy.witness.required"] == "int"
+    assert surface.config["domains.personal.snapshot_retention"] == "int"
 
 
 def test_symlinked_directories_resolve_inside_the_image(tmp_path: Path, image: Path) -> None:
@@ -86,7 +86,7 @@ def retype_layout_path(root: Path) -> None:
 
 
 def remove_config_key(root: Path) -> None:
-    edit_config(root, "log:\n  file: /var/log/asl-auth-host.log\n", "")
+    edit_config(root, "  level: INFO\n", "")
 
 
 def rename_config_key(root: Path) -> None:
@@ -102,7 +102,7 @@ INCOMPATIBLE: list[tuple[str, Change, str]] = [
     ("layout path renamed", rename_layout_path, "overlay layout path /usr/local/bin/asl-admin removed or renamed"),
     ("layout path changed kind", retype_layout_path,
      "overlay layout path /var/log/asl-auth-host.log changed from file to directory"),
-    ("config key removed", remove_config_key, "config.yaml key 'log.file' removed or renamed"),
+    ("config key removed", remove_config_key, "config.yaml key 'logging.level' removed or renamed"),
     ("config key renamed", rename_config_key,
      "config.yaml key 'storage.label' removed or renamed (renamed to 'storage.fs_label'?)"),
     ("config key retyped", retype_config_key, "config.yaml key 'storage.wait_seconds' retyped from int to str"),
