@@ -76,6 +76,35 @@ class Published:
     method: str
 
 
+MAX_SMALL = 16 << 20
+
+
+def read_small(path: Path, what: str, limit: int = MAX_SMALL) -> bytes:
+    """The bytes of a small regular file, never through a symlink, at most ``limit``.
+
+    Raises:
+        VerificationError: missing, not a regular file, too large or unreadable (named ``what``).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise VerificationError(f"{what}: cannot open: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise VerificationError(f"{what}: not a regular file")
+        if st.st_size > limit:
+            raise VerificationError(f"{what}: larger than {limit} bytes")
+        data = os.read(fd, limit + 1)
+        while len(data) <= limit and (more := os.read(fd, limit + 1 - len(data))):
+            data += more
+        return data
+    except OSError as exc:
+        raise VerificationError(f"{what}: cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
 def _copy(src: Path, dst: Path) -> tuple[bytes, int]:
     """Copy a regular file (never through a symlink), fsync it, return its SHA-256 and size."""
     try:
@@ -191,17 +220,17 @@ def latest_release(out: Path, *, below: str, release_key: Ed25519PublicKey) -> t
             version = parse_version(name)
         except UsageError:
             continue
-        if version < target and (best is None or version > best[0]) and (out / name / MANIFEST_NAME).is_file():
+        if version < target and (best is None or version > best[0]) and not (out / name).is_symlink():
             best = (version, name)
     if best is None:
         return None
     path = out / best[1] / MANIFEST_NAME
     try:
-        msg = cose.parse(dcbor.decode(path.read_bytes()[: 16 << 20], tags=cose.COSE_TAGS))
+        msg = cose.parse(dcbor.decode(read_small(path, str(path)), tags=cose.COSE_TAGS))
         if msg.content_type != RELEASE_CONTENT_TYPE:
             raise VerificationError("not a release manifest")
         manifest = ReleaseManifest.from_cbor(cose.verify(msg, release_key))
-    except (OSError, AslError) as exc:
+    except AslError as exc:
         raise ReleaseError(f"{path}: the latest earlier release cannot be compared with: {exc}") from None
     return best[1], manifest
 

@@ -34,7 +34,7 @@ from asl_capture.format import RELEASE_CONTENT_TYPE, Checkpoint, ReleaseManifest
 from asl_capture.format.release import MANIFEST_NAME
 from asl_capture.release import intoto
 from asl_capture.release.image import IsoVerifier, default_verifier
-from asl_capture.release.publish import MINISIG_NAME, PROVENANCE_DIR, SUMS_NAME
+from asl_capture.release.publish import MINISIG_NAME, PROVENANCE_DIR, SUMS_NAME, read_small
 from asl_capture.verify import verify_chain
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 
 CHECKS = ("manifest", "files", "sums", "chain", "dsse", "iso")
 JSON_SCHEMA = "asl-verify/release/1"
-MAX_SMALL = 16 << 20
 _SUMS_LINE = re.compile(r"([0-9a-f]{64})  ([^\n]+)")
 _CHUNK = 1 << 20
 
@@ -85,23 +84,6 @@ class ReleaseVerificationError(VerificationError):
         self.report = report
 
 
-def _read_small(path: Path, what: str) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as exc:
-        raise VerificationError(f"{what}: cannot open: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise VerificationError(f"{what}: not a regular file")
-        if st.st_size > MAX_SMALL:
-            raise VerificationError(f"{what}: larger than {MAX_SMALL} bytes")
-        with os.fdopen(os.dup(fd), "rb") as handle:
-            return handle.read(MAX_SMALL + 1)
-    finally:
-        os.close(fd)
-
-
 def _hash(path: Path) -> bytes:
     h = hashlib.sha256()
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -128,7 +110,7 @@ class _Run:
 
     # 1 -------------------------------------------------------------------------------------------------
     def manifest_check(self) -> str:
-        data = _read_small(self.directory / MANIFEST_NAME, MANIFEST_NAME)
+        data = read_small(self.directory / MANIFEST_NAME, MANIFEST_NAME)
         try:
             msg = cose.parse(dcbor.decode(data, tags=cose.COSE_TAGS))
         except AslError as exc:
@@ -188,8 +170,8 @@ class _Run:
     # 3 -------------------------------------------------------------------------------------------------
     def sums_check(self) -> str:
         assert self.manifest is not None and self.release_key is not None
-        sums = _read_small(self.directory / SUMS_NAME, SUMS_NAME)
-        signature = _read_small(self.directory / MINISIG_NAME, MINISIG_NAME)
+        sums = read_small(self.directory / SUMS_NAME, SUMS_NAME)
+        signature = read_small(self.directory / MINISIG_NAME, MINISIG_NAME)
         try:
             trusted_comment = minisign.verify(sums, signature.decode("ascii"), cose.raw_public_bytes(self.release_key))
         except UnicodeDecodeError:
@@ -247,7 +229,7 @@ class _Run:
             raise VerificationError(f"chain id {report.chain_id.hex()} is not the release's {m.chain.hex()}")
         try:
             checkpoint = Checkpoint.from_cbor(cose.parse(dcbor.decode(
-                _read_small(prov / "checkpoint.cose", "checkpoint.cose"), tags=cose.COSE_TAGS)).payload)
+                read_small(prov / "checkpoint.cose", "checkpoint.cose"), tags=cose.COSE_TAGS)).payload)
         except AslError as exc:
             raise VerificationError(f"{PROVENANCE_DIR}/checkpoint.cose: {exc}") from None
         if (checkpoint.seq, checkpoint.digest) != (head, m.head_digest):
@@ -261,7 +243,7 @@ class _Run:
         m = self.manifest
         assert m is not None and self.release_key is not None
         name = f"{m.iso_name}.intoto.jsonl"
-        lines = [ln for ln in _read_small(self.directory / name, name).splitlines() if ln.strip()]
+        lines = [ln for ln in read_small(self.directory / name, name).splitlines() if ln.strip()]
         if len(lines) != 1:
             raise VerificationError(f"{name} holds {len(lines)} envelopes, expected 1")
         try:
