@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import stat
 import subprocess
@@ -164,3 +165,28 @@ def test_non_ed25519_key_is_refused(env: dict[str, str], tmp_path: Path) -> None
     assert refused.returncode == 2
     assert_one_line_error(refused.stderr, "KeyFileError")
     assert not mark.exists()
+
+
+def test_export_minisign_from_public_or_private_key(env: dict[str, str], tmp_path: Path) -> None:
+    from asl_capture import minisign
+    from asl_capture.keys import generate, load_signer
+
+    key, pub, kid = generate("rel", directory=tmp_path / "k", passphrase=b"open sesame")
+    from_pub = cli("asl-keys", "export", "--format", "minisign", pub, env=env)
+    assert from_pub.returncode == 0, from_pub.stderr
+    from_key = cli("asl-keys", "export", "--format", "minisign", key, env={**env, "ASL_KEY_PASSPHRASE": "open sesame"})
+    assert from_key.stdout == from_pub.stdout
+    assert b"PRIVATE" not in from_key.stdout
+    mkid, public = minisign.parse_public_key_file(from_pub.stdout.decode())
+    assert public == load_signer(key, passphrase=b"open sesame").public_raw() and mkid == kid[:8]
+    out = tmp_path / "rel.minisign.pub"
+    assert cli("asl-keys", "export", "--format", "minisign", pub, "--out", out, env=env).returncode == 0
+    assert out.read_bytes() == from_pub.stdout
+    again = cli("asl-keys", "export", "--format", "minisign", pub, "--out", out, env=env)
+    assert again.returncode == 2
+    assert_one_line_error(again.stderr, "KeyFileError")
+    bad_args: list[list[str | os.PathLike[str]]] = [["--format", "pem", pub],
+                                                    ["--format", "minisign", tmp_path / "missing.pub"]]
+    for bad in bad_args:
+        result = cli("asl-keys", "export", *bad, env=env)
+        assert result.returncode == 2 and b"Traceback" not in result.stderr
