@@ -5,8 +5,7 @@
 Per round, interleaved: (a) ``asl-release publish`` of the ISO into a fresh ``dist/`` (a fresh
 release key each round, made before timing); (b) ``asl-verify iso`` of the same ISO; (c) ``openssl
 dgst -sha256`` of the ISO. Target: median(a) <= 1.5 x (median(b) + median(c)). Without ``--trust``
-the build must be an ``--ephemeral-key`` build. When this installation has no ``asl-verify iso``,
-(b) is the reduced check ``asl-release`` itself falls back to, and the output says so.
+the build must be an ``--ephemeral-key`` build.
 """
 
 from __future__ import annotations
@@ -23,18 +22,6 @@ from pathlib import Path
 from common import summary
 
 TARGET = 1.5
-REDUCED = """import sys
-from pathlib import Path
-from asl_capture.keys import load_trust
-from asl_capture.release.image import default_verifier
-default_verifier()(Path(sys.argv[1]), Path(sys.argv[2]), load_trust([Path(t) for t in sys.argv[3:]]))
-"""
-
-
-def _has_verify_iso() -> bool:
-    result = subprocess.run([sys.executable, "-m", "asl_capture.cli.verify", "iso", "--help"], capture_output=True,
-                            check=False)
-    return result.returncode == 0
 
 
 def _timed(argv: list[str]) -> float:
@@ -57,7 +44,6 @@ def main() -> int:
     iso = a.iso or next(iter(sorted((repo / "out").glob("*.iso"))), None)
     if iso is None or not iso.is_file():
         sys.exit("no ISO: build one (asl-capture --ephemeral-key -- ./pipeline/build.sh) or pass --iso")
-    full = _has_verify_iso()
     trust = [arg for t in a.trust for arg in ("--trust", str(t))]
     with tempfile.TemporaryDirectory(prefix="asl-bench-release-") as tmp:
         work = Path(tmp)
@@ -66,11 +52,8 @@ def main() -> int:
             subprocess.run([sys.executable, "-m", "asl_capture.cli.keys", "generate", f"r{n}", "--dir",
                             str(work / "keys")], check=True, capture_output=True)
             keys.append(work / "keys" / f"r{n}.key")
-        if full:
-            verify = [sys.executable, "-m", "asl_capture.cli.verify", "iso", str(iso), "--provenance",
-                      str(a.provenance), *trust]
-        else:
-            verify = [sys.executable, "-c", REDUCED, str(iso), str(a.provenance), *a.trust]
+        verify = [sys.executable, "-m", "asl_capture.cli.verify", "iso", str(iso), "--provenance", str(a.provenance),
+                  *trust]
         times: dict[str, list[float]] = {"a": [], "b": [], "c": []}
         _timed(["openssl", "dgst", "-sha256", str(iso)])  # warm the page cache
         for n in range(a.rounds):
@@ -87,8 +70,7 @@ def main() -> int:
                     times["c"].append(_timed(["openssl", "dgst", "-sha256", str(iso)]))
             shutil.rmtree(out)
     size = iso.stat().st_size
-    print(f"ISO {iso} ({size / 1e6:.1f} MB); rounds {a.rounds}; "
-          f"(b) is {'asl-verify iso' if full else 'the reduced check (no asl-verify iso installed)'}")
+    print(f"ISO {iso} ({size / 1e6:.1f} MB); rounds {a.rounds}")
     print(summary("(a) asl-release publish", times["a"]))
     print(summary("(b) asl-verify iso", times["b"]))
     print(summary("(c) openssl dgst -sha256 ISO", times["c"]))

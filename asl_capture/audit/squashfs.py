@@ -22,7 +22,7 @@ import os
 import stat
 import struct
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -394,36 +394,45 @@ class SquashImage:
         raw = self._pread(pos, size)
         return raw if word & _UNCOMPRESSED_BLOCK else self.decompress(raw, self.block_size)
 
-    def file_digest(self, data: FileData) -> bytes:
-        """SHA-256 of a regular file's bytes, decompressed block by block.
+    def file_chunks(self, data: FileData) -> Iterator[bytes]:
+        """A regular file's bytes, decompressed block by block, in order.
 
         Raises:
             ImageError: a block is missing, corrupt, or decompresses to the wrong size.
         """
-        h = hashlib.sha256()
         remaining = data.size
         pos = data.start
         bs = self.block_size
         for word in data.blocks:
             want = min(bs, remaining)
             if word == 0:  # a sparse block: zeros
-                h.update(bytes(want))
+                yield bytes(want)
             else:
                 block = self._block(pos, word)
                 pos += word & (_UNCOMPRESSED_BLOCK - 1)
                 if len(block) != want:
                     raise ImageError(f"{self.name}: data block at offset {pos} holds {len(block)} bytes, "
                                      f"expected {want}")
-                h.update(block)
+                yield block
             remaining -= want
         if data.fragment != NO_INDEX:
             frag = self._fragment(data.fragment)
             tail = frag[data.frag_offset:data.frag_offset + remaining]
             if len(tail) != remaining:
                 raise ImageError(f"{self.name}: fragment {data.fragment} is shorter than the file's tail")
-            h.update(tail)
+            yield tail
         elif remaining:
             raise ImageError(f"{self.name}: file blocks hold fewer bytes than its size")
+
+    def file_digest(self, data: FileData) -> bytes:
+        """SHA-256 of a regular file's bytes (:meth:`file_chunks`).
+
+        Raises:
+            ImageError: a block is missing, corrupt, or decompresses to the wrong size.
+        """
+        h = hashlib.sha256()
+        for chunk in self.file_chunks(data):
+            h.update(chunk)
         return h.digest()
 
     def cost(self, data: FileData) -> int:

@@ -1,29 +1,28 @@
 """What publishing needs from an ISO: a verdict as ``asl-verify iso`` gives it, and read access to the image.
 
 :data:`IsoVerifier` is the verification step: ``(iso, provenance, trusted keys) -> VerifiedIso``.
-:func:`default_verifier` is ``asl-verify iso`` (:mod:`asl_capture.audit`) when it is installed; until
-then, a reduced check (the chain verifies and a recorded step produced exactly these ISO bytes under
-this name), named as such in every verdict.
+:func:`default_verifier` is ``asl-verify iso`` (:mod:`asl_capture.audit`), all seven checks: what
+``asl-release publish`` and ``asl-verify release`` use. :func:`reduced_verify` checks less (the chain
+verifies, and a recorded step produced exactly these ISO bytes under this name) and says so in every
+verdict; it is for ISOs that are not the pipeline's (the tests' small builds).
 
 :func:`open_image` gives the bytes of ``/asl/build-manifest.cbor`` and an :class:`ImageTree` of the
-system image (``/live/system.squashfs``), for the versioning rule.
+system image (``/live/system.squashfs``), both read in place by the pure-Python readers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import stat
-import subprocess
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asl_capture.errors import UsageError, VerificationError
+from asl_capture.audit.iso9660 import IsoImage
+from asl_capture.audit.squashfs import Node, SquashImage
+from asl_capture.errors import ImageError, UsageError, VerificationError
 from asl_capture.format import Manifest
 from asl_capture.store import ObjectStore, ProvenanceDir
 from asl_capture.verify import ChainReport, verify_chain
@@ -66,7 +65,7 @@ def sha256_file(path: Path) -> bytes:
     return h.digest()
 
 
-def _reduced_verify(iso: Path, provenance: Path, trusted: Mapping[bytes, Ed25519PublicKey]) -> VerifiedIso:
+def reduced_verify(iso: Path, provenance: Path, trusted: Mapping[bytes, Ed25519PublicKey]) -> VerifiedIso:
     """The chain verifies, a recorded step output these ISO bytes under this name, and the image identity."""
     report = verify_chain(provenance, dict(trusted))
     digest = sha256_file(iso)
@@ -86,15 +85,10 @@ def _reduced_verify(iso: Path, provenance: Path, trusted: Mapping[bytes, Ed25519
 
 
 def default_verifier() -> IsoVerifier:
-    """``asl-verify iso`` when available, else the reduced check (see the module docstring)."""
-    import importlib
-
-    try:  # asl-verify iso (issue 9), when this installation has it
-        verify_iso = importlib.import_module("asl_capture.audit.isoverify").verify_iso
-    except ImportError:
-        return _reduced_verify
-
+    """``asl-verify iso``: all seven checks (``docs/AUDIT.md``)."""
     def full(iso: Path, provenance: Path, trusted: Mapping[bytes, Ed25519PublicKey]) -> VerifiedIso:
+        from asl_capture.audit.isoverify import verify_iso
+
         report = verify_iso(iso, provenance, dict(trusted))
         if report.sha256 is None or report.image_identity is None or report.chain is None:
             raise VerificationError("asl-verify iso did not establish the ISO digest and image identity", check="iso")
@@ -150,74 +144,60 @@ class ListedTree:
         return data
 
 
-def _tool(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        raise UsageError(f"{name} not found (install it with pipeline/install-deps.sh)")
-    return found
-
-
-def _run(argv: list[str], what: str) -> bytes:
-    result = subprocess.run(argv, capture_output=True, check=False)
-    if result.returncode != 0:
-        lines = result.stderr.decode(errors="replace").strip().splitlines()
-        raise UsageError(f"{what} failed: {lines[-1] if lines else 'exit ' + str(result.returncode)}")
-    return result.stdout
-
-
-def _squashfs_listing(image: Path) -> dict[str, tuple[str, str | None]]:
-    out = _run([_tool("unsquashfs"), "-lln", "-d", "", str(image)], "unsquashfs -lln")
-    entries: dict[str, tuple[str, str | None]] = {}
-    for raw in out.decode("utf-8", "surrogateescape").splitlines():
-        fields = raw.split(None, 5)
-        if len(fields) < 6 or len(fields[0]) != 10:
-            continue
-        kind = {"-": "f", "d": "d", "l": "l"}.get(fields[0][0], "o")
-        name = fields[5]
-        target: str | None = None
-        if kind == "l" and " -> " in name:
-            name, target = name.split(" -> ", 1)
-        entries[name.lstrip("/")] = (kind, target)
-    return entries
-
-
 def read_build_manifest(iso: Path) -> bytes:
     """The bytes of the ISO's ``/asl/build-manifest.cbor``.
 
     Raises:
         UsageError: the ISO has none, or it cannot be read.
     """
-    with tempfile.TemporaryDirectory(prefix="asl-release-") as tmp:
-        out = Path(tmp) / "build-manifest.cbor"
-        _run([_tool("xorriso"), "-osirrox", "on", "-indev", str(iso), "-extract", "/" + BUILD_MANIFEST_PATH,
-              str(out)], f"reading {iso.name}")
-        if not out.is_file() or out.is_symlink():
-            raise UsageError(f"{iso}: no /{BUILD_MANIFEST_PATH}")
-        if out.stat().st_size > MAX_BUILD_MANIFEST:
-            raise UsageError(f"{iso}: /{BUILD_MANIFEST_PATH} is larger than {MAX_BUILD_MANIFEST} bytes")
-        return out.read_bytes()
+    with open_image(iso, system=False) as (build_manifest, _tree):
+        return build_manifest
 
 
 @contextmanager
-def open_image(iso: Path) -> Iterator[tuple[bytes, ListedTree]]:
-    """The bytes of the ISO's build manifest and a tree of its system image (for the versioning rule).
+def open_image(iso: Path, *, system: bool = True) -> Iterator[tuple[bytes, ListedTree]]:
+    """The bytes of the ISO's build manifest and a tree of its system image, both read in place
+    (the pure-Python readers of :mod:`asl_capture.audit`: no mount, no extraction).
 
     Raises:
         UsageError: the ISO lacks them, or they cannot be read.
     """
-    with tempfile.TemporaryDirectory(prefix="asl-release-") as tmp:
-        manifest_out, squash_out = Path(tmp) / "build-manifest.cbor", Path(tmp) / "system.squashfs"
-        _run([_tool("xorriso"), "-osirrox", "on", "-indev", str(iso), "-extract", "/" + BUILD_MANIFEST_PATH,
-              str(manifest_out), "-extract", "/" + SYSTEM_IMAGE_PATH, str(squash_out)], f"reading {iso.name}")
-        for path in (manifest_out, squash_out):
-            if not path.is_file() or stat.S_ISLNK(path.lstat().st_mode):
-                raise UsageError(f"{iso}: no /{BUILD_MANIFEST_PATH} or /{SYSTEM_IMAGE_PATH}")
-        if manifest_out.stat().st_size > MAX_BUILD_MANIFEST:
-            raise UsageError(f"{iso}: /{BUILD_MANIFEST_PATH} is larger than {MAX_BUILD_MANIFEST} bytes")
-        build_manifest = manifest_out.read_bytes()
-        entries = _squashfs_listing(squash_out)
+    try:
+        fd = os.open(iso, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise UsageError(f"{iso}: cannot open: {exc.strerror}") from None
+    try:
+        try:
+            image = IsoImage(fd, name=iso.name)
+            nodes = {n.path: n for n in image.walk()}
+            manifest_node = nodes.get(BUILD_MANIFEST_PATH.encode())
+            squash_node = nodes.get(SYSTEM_IMAGE_PATH.encode())
+            if manifest_node is None or manifest_node.kind != "f":
+                raise UsageError(f"{iso}: no /{BUILD_MANIFEST_PATH}")
+            if system and (squash_node is None or squash_node.kind != "f"):
+                raise UsageError(f"{iso}: no /{SYSTEM_IMAGE_PATH}")
+            if manifest_node.size > MAX_BUILD_MANIFEST:
+                raise UsageError(f"{iso}: /{BUILD_MANIFEST_PATH} is larger than {MAX_BUILD_MANIFEST} bytes")
+            build_manifest = b"".join(os.pread(fd, length, start) for start, length in manifest_node.extents)
+            files: dict[str, Node] = {}
+            squash: SquashImage | None = None
+            if system and squash_node is not None:
+                start, length = image.file_extent(squash_node)
+                squash = SquashImage(fd, offset=start, length=length, name=SYSTEM_IMAGE_PATH)
+                files = {os.fsdecode(n.path): n for n in squash.walk()}
+        except ImageError as exc:
+            raise UsageError(f"{iso}: {exc}") from None
+        entries = {path: (n.kind, None if n.target is None else os.fsdecode(n.target)) for path, n in files.items()}
 
         def read(path: str, limit: int) -> bytes:
-            return _run([_tool("unsquashfs"), "-cat", str(squash_out), path], f"reading /{path}")[: limit + 1]
+            node = files[path]
+            if squash is None or node.data is None or node.size > limit:
+                raise UsageError(f"/{path}: larger than {limit} bytes")
+            try:
+                return b"".join(squash.file_chunks(node.data))
+            except ImageError as exc:
+                raise UsageError(f"/{path}: {exc}") from None
 
         yield build_manifest, ListedTree(entries, read)
+    finally:
+        os.close(fd)

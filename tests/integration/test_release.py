@@ -22,7 +22,7 @@ from asl_capture import chain, cose, dcbor
 from asl_capture.errors import ReleaseError, VerificationError
 from asl_capture.format import Checkpoint, ReleaseManifest, StepRecord
 from asl_capture.keys import generate, load_public, load_signer, load_trust
-from asl_capture.release.image import VerifiedIso, _reduced_verify
+from asl_capture.release.image import VerifiedIso, reduced_verify
 from asl_capture.release.publish import PublishConfig, Published, publish
 from asl_capture.release.surface import VersionRuleError
 from asl_capture.release.verify import ReleaseReport, ReleaseVerificationError, verify_release
@@ -58,7 +58,7 @@ def trust_of(build: MiniBuild) -> tuple[Path, ...]:
 
 def do_publish(build: MiniBuild, key: Path, out: Path) -> Published:
     return publish(PublishConfig(iso=build.iso, provenance=build.provenance, key=key, out=out, trust=trust_of(build)),
-                   verifier=_reduced_verify)
+                   verifier=reduced_verify)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def copy(released: Released, tmp_path: Path) -> Iterator[Path]:
 
 
 def verify(directory: Path, *pubs: Path) -> ReleaseReport:
-    return verify_release(directory, load_trust(list(pubs)), verifier=_reduced_verify)
+    return verify_release(directory, load_trust(list(pubs)), verifier=reduced_verify)
 
 
 def failure(directory: Path, *pubs: Path) -> dict[str, str]:
@@ -153,7 +153,7 @@ def test_release_key_that_signed_the_build_is_refused(released: Released, tmp_pa
 def test_untrusted_build_key_is_refused(released: Released, tmp_path: Path) -> None:
     with pytest.raises(ReleaseError, match="neither given with --trust nor an ephemeral key"):
         publish(PublishConfig(iso=released.build.iso, provenance=released.build.provenance, key=released.key,
-                              out=tmp_path / "dist"), verifier=_reduced_verify)
+                              out=tmp_path / "dist"), verifier=reduced_verify)
 
 
 def test_iso_that_does_not_verify_is_not_published(released: Released, tmp_path: Path) -> None:
@@ -163,7 +163,7 @@ def test_iso_that_does_not_verify_is_not_published(released: Released, tmp_path:
     iso.write_bytes(bytes(data))
     with pytest.raises(VerificationError, match="no step of the chain produced these bytes"):
         publish(PublishConfig(iso=iso, provenance=released.build.provenance, key=released.key,
-                              out=tmp_path / "dist", trust=trust_of(released.build)), verifier=_reduced_verify)
+                              out=tmp_path / "dist", trust=trust_of(released.build)), verifier=reduced_verify)
     assert list((tmp_path / "dist").iterdir()) == []
 
 
