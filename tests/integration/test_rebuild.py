@@ -153,7 +153,7 @@ def test_rebuild_with_a_package_missing_and_no_mirror_exits_2_naming_it(
     partial = tmp_path / "store"
     partial.mkdir()
     for row in rows:
-        if row is not kmod:
+        if row is not kmod and (_store() / row["sha256"]).is_file():
             os.link(_store() / row["sha256"], partial / row["sha256"])
     argv = ["unshare", "--net", *_rebuild_argv(pipeline_build, pipeline_build.repo, "--debs", partial,
                                                  "--work", tmp_path / "work")]
