@@ -59,7 +59,7 @@ def test_sources_pin_every_package_to_a_signed_index(pipeline_build: Build) -> N
             assert by_uri[r["via"]]["kind"] == "release"
     debs = {r["uri"].rsplit("/", 1)[1].split("_")[0] for r in rows if r["kind"] == "deb"}
     assert any(d.startswith("linux-image-6.") for d in debs)
-    assert {"python3-cryptography", "python3-yaml", "busybox-static", "kmod"} <= debs  # no cbor2: asl_host does not use it
+    assert {"python3-cryptography", "python3-yaml", "busybox-static", "kmod"} <= debs  # no cbor2 (asl_host)
 
 
 def test_build_manifest_in_the_iso(pipeline_build: Build, tmp_path: Path) -> None:

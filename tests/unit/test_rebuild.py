@@ -162,3 +162,23 @@ def test_manifest_diff_names_fields() -> None:
     a = dcbor.encode({"v": 1, "overlay": {"manifest": b"\x01" * 32}, "files": {"live/vmlinuz": b"\x02" * 32}})
     b = dcbor.encode({"v": 1, "overlay": {"manifest": b"\x03" * 32}, "files": {"live/vmlinuz": b"\x02" * 32}})
     assert manifest_diff(a, b) == ["overlay.manifest: 0101010101010101... -> 0303030303030303..."]
+
+
+def test_builder_differences_warn_or_fail_with_strict(monkeypatch: pytest.MonkeyPatch) -> None:
+    from asl_capture import builder
+    from asl_capture.rebuild import BuilderMismatchError, check_builder
+
+    host = [builder.Tool("xorriso", "xorriso", "1.5.5-1", "amd64", "a" * 64)]
+    monkeypatch.setattr(builder, "host_tools", lambda: (host, []))
+    recorded = (builder.Tool("xorriso", "xorriso", "1.5.4-4", "amd64", "a" * 64),)
+    p = Plan(**{**plan(_records(), iso_sha256=ISO_SHA, read_manifest=_manifest).__dict__, "tools": recorded})
+    warned: list[str] = []
+    assert check_builder(p, strict=False, notify=warned.append) == (
+        "xorriso: recorded 1.5.4-4 (amd64), host 1.5.5-1 (amd64)",)
+    assert "host build tools differ" in warned[0]
+    with pytest.raises(BuilderMismatchError, match=r"xorriso: recorded 1\.5\.4-4") as info:
+        check_builder(p, strict=True, notify=warned.append)
+    assert info.value.exit_code == 1
+    none = Plan(**{**p.__dict__, "tools": ()})
+    with pytest.raises(BuilderMismatchError, match="no builder tools"):
+        check_builder(none, strict=True, notify=warned.append)
