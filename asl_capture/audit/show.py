@@ -84,6 +84,8 @@ def summary(record: StepRecord, seqs: dict[bytes, int]) -> dict[str, Any]:
         "inputs": jsonable(b["inputs"]), "outputs": jsonable(b["outputs"]),
         "stdout": jsonable(b["stdout"]), "stderr": jsonable(b["stderr"]), "host": jsonable(b["host"]),
         "sources_by_kind": _kinds(record),
+        "tools": [{"package": t.name, "version": t.version, "uri": t.uri, "sha256": t.sha256.hex()}
+                  for t in record.sources or () if t.kind == "tool"],
         "attached": [{"path": os.fsdecode(a.path) if isinstance(a.path, bytes) else a.path, "sha256": a.digest.hex(),
                       "size": a.size} for a in record.attached or ()],
     }
@@ -120,6 +122,12 @@ def lines(s: dict[str, Any], *, full: bool) -> list[str]:
     if s["sources_by_kind"]:
         counted = ", ".join(f"{n} {k}" for k, n in sorted(s["sources_by_kind"].items()))
         out.append(f"  sources   {sum(s['sources_by_kind'].values())} pinned: {counted}")
+    if s["tools"]:
+        # the builder step's pinned host tools (SLSA builder dependencies): package and version each
+        out.append(f"  builder   {len(s['tools'])} tool packages: "
+                   + ", ".join(f"{t['package']} {t['version']}" for t in s["tools"]))
+        if full:
+            out.extend(f"            {t['uri']} files sha256 {t['sha256']}" for t in s["tools"])
     if s["attached"]:
         out.append(f"  attached  {len(s['attached'])} file(s), "
                    f"{sum(a['size'] for a in s['attached'])} bytes stored as objects")
