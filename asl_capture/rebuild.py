@@ -501,7 +501,7 @@ def rebuild(config: RebuildConfig) -> Outcome:
         from asl_capture.rebuildreport import report
 
         lines = report(original=(config.provenance, config.iso, p.steps),
-                       rebuilt=(src / "out" / "provenance", rebuilt, src),
+                       rebuilt=(src / "out" / "provenance", rebuilt),
                        work=work, prefix=prefix, read_records=read_records, last_build=_last_build)
         raise RebuildMismatchError(f"the rebuilt ISO has sha256 {rebuilt_sha}, the ISO given has {p.iso_sha256}",
                                    lines)

@@ -2,10 +2,12 @@
 
 Layers, outermost first: the ISO's files (the ``iso`` step's output tree), the build manifest inside
 the ISO (``/asl/build-manifest.cbor``, field by field), the squashfs (the ``overlay`` step's system
-tree, paths as in the image, with type, mode, size and content; owners from ``unsquashfs -lln``
-when the squashfs differs but no path does), the overlay tree as staged from ``overlay/``, the
+tree, paths as in the image, with type, mode, size and content; owners read from the two squashfs
+images when the squashfs differs), the overlay tree as staged from ``overlay/``, the
 initramfs, and the rootfs. Trees are compared through the tree manifests the two builds recorded,
-so the original build's scratch trees are not needed; ``diffoscope`` runs too when installed.
+so the original build's scratch trees are not needed; the build manifests and the squashfs owners are
+read from the two ISOs with the pure-Python readers of :mod:`asl_capture.audit` (no mount, no
+root); ``diffoscope`` runs too when installed.
 """
 
 from __future__ import annotations
@@ -76,12 +78,32 @@ def _cap(lines: list[str]) -> list[str]:
     return [*lines[:MAX_LINES], f"... and {len(lines) - MAX_LINES} more"]
 
 
-def _extract(iso: Path, member: str, dest: Path) -> Path | None:
-    if shutil.which("xorriso") is None:
+def _iso_file(iso: Path, member: bytes) -> tuple[int, int] | None:
+    """(offset, length) of ``member`` (e.g. ``b"live/system.squashfs"``) in the ISO, read without mounting."""
+    from asl_capture.audit.iso9660 import IsoImage
+
+    try:
+        fd = os.open(iso, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
         return None
-    res = subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", member, str(dest)],
-                         capture_output=True, check=False)
-    return dest if res.returncode == 0 and dest.is_file() else None
+    try:
+        image = IsoImage(fd, name=str(iso))
+        node = next((n for n in image.walk() if n.path == member and n.kind == "f"), None)
+        return image.file_extent(node) if node is not None else None
+    except AslError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def read_member(iso: Path, member: bytes, limit: int = 16 << 20) -> bytes | None:
+    """The bytes of ``member`` of the ISO (at most ``limit``), or None when it is absent or unreadable."""
+    where = _iso_file(iso, member)
+    if where is None or where[1] > limit:
+        return None
+    with iso.open("rb") as f:
+        f.seek(where[0])
+        return f.read(where[1])
 
 
 def _flat(value: dcbor.Value, prefix: str = "") -> dict[str, dcbor.Value]:
@@ -114,30 +136,28 @@ def manifest_diff(original: bytes, rebuilt: bytes) -> list[str]:
     return lines
 
 
-def _squashfs_listing(image: Path) -> dict[str, tuple[str, str, str]] | None:
-    if shutil.which("unsquashfs") is None:
+def _squashfs_listing(iso: Path) -> dict[str, tuple[str, str, str]] | None:
+    """``{path: (mode, uid/gid, size)}`` of the ISO's squashfs (pure-Python readers: no mount, no root)."""
+    from asl_capture.audit.squashfs import SquashImage
+
+    where = _iso_file(iso, b"live/system.squashfs")
+    if where is None:
         return None
-    res = subprocess.run(["unsquashfs", "-lln", "-d", "", str(image)], capture_output=True, check=False)
-    if res.returncode != 0:
+    fd = os.open(iso, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        nodes = SquashImage(fd, offset=where[0], length=where[1], name="live/system.squashfs").walk()
+    except AslError:
         return None
-    out: dict[str, tuple[str, str, str]] = {}
-    for raw in res.stdout.decode("utf-8", "replace").splitlines():
-        fields = raw.split(None, 5)
-        if len(fields) == 6 and "/" in fields[1]:
-            perms, owner, size, _date, _time, name = fields
-            out[name.split(" -> ")[0] or "/"] = (perms, owner, size if perms[0] == "-" else "")
-    return out
+    finally:
+        os.close(fd)
+    return {"/" + os.fsdecode(n.path): (f"{n.kind} {n.mode:04o}", f"{n.uid}/{n.gid}", str(n.size)) for n in nodes}
 
 
-def owner_diff(original_iso: Path, rebuilt_iso: Path, work: Path) -> list[str]:
-    """Paths whose owner or permissions differ in the two squashfs images (``unsquashfs -lln``)."""
-    a = _extract(original_iso, "/live/system.squashfs", work / "original.squashfs")
-    b = _extract(rebuilt_iso, "/live/system.squashfs", work / "rebuilt.squashfs")
-    if a is None or b is None:
-        return ["(xorriso cannot extract live/system.squashfs: owners not compared)"]
-    la, lb = _squashfs_listing(a), _squashfs_listing(b)
+def owner_diff(original_iso: Path, rebuilt_iso: Path) -> list[str]:
+    """Paths whose type, owner, mode or size differ in the two squashfs images."""
+    la, lb = _squashfs_listing(original_iso), _squashfs_listing(rebuilt_iso)
     if la is None or lb is None:
-        return ["(unsquashfs is not installed: owners not compared)"]
+        return ["(live/system.squashfs cannot be read from both ISOs: owners not compared)"]
     lines = []
     for path in sorted(la.keys() | lb.keys()):
         va, vb = la.get(path), lb.get(path)
@@ -162,16 +182,16 @@ def diffoscope(original: Path, rebuilt: Path, out: Path) -> list[str]:
     return [f"diffoscope: full report in {out}", *head]
 
 
-def report(*, original: tuple[Path, Path, dict[str, StepRecord]], rebuilt: tuple[Path, Path, Path], work: Path,
+def report(*, original: tuple[Path, Path, dict[str, StepRecord]], rebuilt: tuple[Path, Path], work: Path,
            prefix: str, read_records: Callable[[Path], list[StepRecord]],
            last_build: Callable[[list[StepRecord]], dict[str, StepRecord]]) -> list[str]:
     """The layer-by-layer report (lines to print).
 
-    ``original`` is (provenance dir, ISO, its build's steps); ``rebuilt`` is (provenance dir, ISO,
-    checkout); ``prefix`` is the build's work directory relative to the checkout (``out/work``).
+    ``original`` is (provenance dir, ISO, its build's steps); ``rebuilt`` is (provenance dir, ISO);
+    ``prefix`` is the build's work directory relative to the checkout (``out/work``).
     """
     o_prov, o_iso, o_steps = original
-    r_prov, r_iso, r_src = rebuilt
+    r_prov, r_iso = rebuilt
     r_steps = last_build(read_records(r_prov))
 
     def outs(step: str) -> tuple[dict[str, Entry], dict[str, Entry]]:
@@ -185,15 +205,14 @@ def report(*, original: tuple[Path, Path, dict[str, StepRecord]], rebuilt: tuple
 
     iso, overlay, rootfs = outs("iso"), outs("overlay"), outs("rootfs")
     layers: list[tuple[str, list[str]]] = [("ISO files", layer(iso, "isofs", "/"))]
-    bm_a = _extract(o_iso, "/asl/build-manifest.cbor", work / "original-build-manifest.cbor")
-    bm_b = r_src / prefix / "isofs" / "asl" / "build-manifest.cbor"
-    if bm_a is not None and bm_b.is_file():
-        layers.append(("build manifest (/asl/build-manifest.cbor)", manifest_diff(bm_a.read_bytes(),
-                                                                                   bm_b.read_bytes())))
+    bm_a = read_member(o_iso, b"asl/build-manifest.cbor")
+    bm_b = read_member(r_iso, b"asl/build-manifest.cbor")
+    if bm_a is not None and bm_b is not None:
+        layers.append(("build manifest (/asl/build-manifest.cbor)", manifest_diff(bm_a, bm_b)))
     squash = layer(overlay, "isoroot", "squashfs:/")
     if any(line.startswith("/live/system.squashfs:") for line in layers[0][1]):
         named = {line.split(": ", 1)[0] for line in squash}
-        squash += [f"squashfs:{line}" for line in owner_diff(o_iso, r_iso, work)
+        squash += [f"squashfs:{line}" for line in owner_diff(o_iso, r_iso)
                    if f"squashfs:{line.split(': ', 1)[0]}" not in named]
     layers.append(("squashfs (/live/system.squashfs: path, owner, mode, size, content)", squash))
     layers.append(("overlay tree (overlay/, as staged)", layer(overlay, "overlay-staged", "overlay/")))
