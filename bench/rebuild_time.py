@@ -14,6 +14,7 @@ Usage: ``python bench/rebuild_time.py [--rounds N]``
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -36,7 +37,8 @@ def _rebuild(build: Build, work: Path) -> tuple[float, bool, str]:
     res = subprocess.run(argv, capture_output=True, text=True, check=False)
     seconds = time.monotonic() - t0
     same = res.returncode == 0 and f"REBUILT: sha256:{sha256_file(build.iso)}" in res.stdout
-    return seconds, same, (res.stdout + res.stderr)[-2000:]
+    inner = next((line for line in res.stdout.splitlines() if line.startswith("rebuild: build ")), "")
+    return seconds, same, inner if same else (res.stdout + res.stderr)[-2000:]
 
 
 def main() -> None:
@@ -57,9 +59,9 @@ def main() -> None:
             seconds, same, log = _rebuild(build, top / f"rebuild-{r}")
             rebuilds.append(seconds)
             all_same &= same
-            print(f"round {r}: rebuild {seconds:6.1f} s  {'same ISO' if same else 'DIFFERENT/FAILED'}", flush=True)
-            if not same:
-                print(log)
+            print(f"round {r}: rebuild {seconds:6.1f} s  {'same ISO' if same else 'DIFFERENT/FAILED'}  ({log})"
+                  if same else f"round {r}: rebuild {seconds:6.1f} s  DIFFERENT/FAILED\n{log}", flush=True)
+            print(f"round {r}: load average {os.getloadavg()[0]:.1f}", flush=True)
             subprocess.run(["rm", "-rf", str(top / f"rebuild-{r}"), str(repo)], check=False)
     print(summary("build s (asl-capture -- ./pipeline/build.sh)", builds, digits=1))
     print(summary("rebuild s (asl-verify rebuild, warm store)", rebuilds, digits=1))
