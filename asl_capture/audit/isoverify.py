@@ -112,6 +112,7 @@ class _State:
     sha256: bytes | None = None
     identity: bytes | None = None
     image: checks.IsoRead | None = None
+    prefetch: checks.SquashPrefetch | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -138,6 +139,8 @@ def verify_iso(
     state = _State(iso=iso)
     fd = _open(iso)
     done: list[Check] = []
+    # the system image is hashed by helper processes while checks 1-3 run (it needs no record to be read)
+    state.prefetch = None if opts.quick else checks.SquashPrefetch.start(fd, workers=opts.workers)
     try:
         chain_report: ChainReport | None = None
         for name in wanted:
@@ -167,6 +170,8 @@ def verify_iso(
                     emit(skipped)
                 break
     finally:
+        if state.prefetch is not None:
+            state.prefetch.pending.cancel()
         os.close(fd)
     report = IsoReport(iso=iso, provenance=provenance, sha256=state.sha256, image_identity=state.identity,
                        chain=chain_report, checks=tuple(done), quick=opts.quick, notes=tuple(state.notes))
@@ -221,7 +226,7 @@ def _run(name: str, fd: int, state: _State, opts: IsoOptions) -> str:
         detail, state.identity = checks.check_build_manifest(state.image, recorded)
         return detail
     if name == "squashfs":
-        return checks.check_squashfs(state.image, recorded, workers=opts.workers)
+        return checks.check_squashfs(state.image, recorded, workers=opts.workers, prefetch=state.prefetch)
     raise AssertionError(name)
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import lzma
 import os
-import stat
 import struct
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -101,7 +100,7 @@ def _decompressor(compressor: int) -> Callable[[bytes, int], bytes]:
         return xz
     if name == "zstd":
         try:
-            import zstandard  # type: ignore[import-not-found, unused-ignore]
+            import zstandard
         except ImportError:
             raise ImageError("the squashfs image is zstd-compressed: install the 'zstandard' Python package "
                              "(pip install zstandard, or Debian's python3-zstandard)") from None
@@ -436,30 +435,30 @@ class SquashImage:
         return h.digest()
 
     def cost(self, data: FileData) -> int:
-        """Compressed bytes read to hash a file (for spreading work over processes)."""
-        return sum(w & (_UNCOMPRESSED_BLOCK - 1) for w in data.blocks) + 64
-
-
-def mode_of(node: Node) -> int:
-    """The full ``st_mode`` (type and permission bits) of a node."""
-    kinds = {"f": stat.S_IFREG, "d": stat.S_IFDIR, "l": stat.S_IFLNK, "c": stat.S_IFCHR, "b": stat.S_IFBLK,
-             "p": stat.S_IFIFO, "s": stat.S_IFSOCK}
-    return kinds[node.kind] | node.mode
+        """Work to hash a file's own blocks, for spreading it over processes: decompression time follows
+        the bytes it produces, so the uncompressed size of its blocks (a fragment is counted once per
+        group, by :func:`shard`)."""
+        return int(len(data.blocks) * self.block_size) + 256
 
 
 def shard(image: SquashImage, files: Sequence[Node], parts: int) -> list[list[int]]:
-    """Split file indexes into ``parts`` groups of similar cost; files sharing a fragment stay together
-    (each group decompresses a fragment block once)."""
-    groups: dict[object, list[int]] = {}
-    costs: dict[object, int] = {}
+    """Split file indexes into ``parts`` groups of similar work (bytes to decompress): every
+    file whose tail lies in a fragment goes with the other files of that fragment, which is then
+    decompressed once per group and counted once."""
+    groups: dict[int, list[int]] = {}
+    costs: dict[int, int] = {}
     for i, node in enumerate(files):
         assert node.data is not None
-        key: object = ("frag", node.data.fragment) if node.data.fragment != NO_INDEX and not node.data.blocks else i
-        groups.setdefault(key, []).append(i)
-        costs[key] = costs.get(key, 0) + image.cost(node.data)
+        frag = node.data.fragment
+        key = -1 - frag if frag != NO_INDEX else i  # fragment groups get negative keys
+        if key not in groups:
+            groups[key] = []
+            costs[key] = image.block_size if frag != NO_INDEX else 0
+        groups[key].append(i)
+        costs[key] += image.cost(node.data)
     out: list[list[int]] = [[] for _ in range(max(1, parts))]
     load = [0] * len(out)
-    for key in sorted(groups, key=lambda k: -costs[k]):
+    for key in sorted(groups, key=lambda k: (-costs[k], k)):
         target = load.index(min(load))
         out[target].extend(groups[key])
         load[target] += costs[key]

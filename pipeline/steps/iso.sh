@@ -14,7 +14,7 @@ for d in "$ISOROOT" "$WORK/bootloader" "$WORK/overlay-staged"; do
 done
 [ -f "$META/sources.jsonl" ] || die "$META/sources.jsonl missing: run the rootfs step first"
 KVER=$(kernel_release "$ISOROOT")
-SQUASHFS_COMP=xz
+SQUASHFS_COMP=zstd
 rm -rf "$ISOFS" "$INITRD" "$ISO" "$WORK/iso-contents.cbor"
 mkdir -p "$ISOFS/live" "$ISOFS/asl" "$INITRD/bin" "$OUT"
 cp -R "$WORK/bootloader/." "$ISOFS/"

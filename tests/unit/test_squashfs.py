@@ -59,7 +59,7 @@ def _open(img: Path) -> tuple[int, SquashImage]:
 def _compressors() -> list[str]:
     comps = ["gzip", "xz"]
     try:
-        import zstandard  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
+        import zstandard  # noqa: F401
         comps.append("zstd")
     except ImportError:
         pass
