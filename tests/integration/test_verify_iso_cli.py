@@ -7,7 +7,6 @@ The pipeline's ISO is verified (and tampered with) in ``test_verify_iso.py`` (sl
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -89,7 +88,7 @@ def test_an_iso_without_the_iso_tools_record_fails_check_3(cli_env: dict[str, st
 
 def test_graph_and_show(cli_env: dict[str, str], keypair: KeyPair, tmp_path: Path) -> None:
     dot = tmp_path / "g.dot"
-    done, work = _iso(cli_env, keypair, tmp_path, "echo not-an-iso > out/x.iso", "--quick", "--graph", str(dot))
+    done, _work = _iso(cli_env, keypair, tmp_path, "echo not-an-iso > out/x.iso", "--quick", "--graph", str(dot))
     assert done.returncode == 1  # not an ISO: but the chain verified, so the graph is written
     text = dot.read_text()
     assert text.startswith("digraph build {") and '"iso\\nrecord 0' in text and "out/x.iso (1 entries)" in text
