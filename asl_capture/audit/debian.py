@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,8 +101,18 @@ def index_sha256(index: bytes, wanted: set[str]) -> dict[str, bytes | None]:
     return out
 
 
+def _try_gpgv(inrelease: bytes, keyrings: list[Path], tmp: Path,
+              tool: str) -> tuple[bytes, list[str]] | VerificationError:
+    try:
+        return _gpgv(inrelease, keyrings, tmp, tool)
+    except VerificationError as exc:
+        return exc
+
+
 def _gpgv(inrelease: bytes, keyrings: list[Path], tmp: Path, tool: str) -> tuple[bytes, list[str]]:
-    """Verify a clear-signed file with gpgv; return the signed text and the signing key fingerprints."""
+    """Verify a clear-signed file with gpgv in the fresh directory ``tmp``; return the signed text and
+    the signing key fingerprints."""
+    tmp.mkdir(mode=0o700)
     signed = tmp / "InRelease"
     signed.write_bytes(inrelease)
     out = tmp / "signed.txt"
@@ -192,15 +203,15 @@ def check_debian(recorded: Recorded, *, keyrings: tuple[Path, ...]) -> str:
                          "your keyring(s) (the recorded keyring differs: the build trusted another file)")
         signed: dict[str, bytes] = {}
         fingerprints: set[str] = set()
-        for s in releases:
-            if s.uri in signed:
-                continue
-            try:
-                text, fps = _gpgv(stored(s, "InRelease"), ring_paths, tmp, tool)
-            except VerificationError as exc:
-                raise _fail(f"{s.uri}: {str(exc).removeprefix('[debian] ')}", s.seq) from None
-            signed[s.uri] = text
-            fingerprints.update(fps)
+        unique = list({s.uri: s for s in releases}.values())
+        jobs = [(s, stored(s, "InRelease"), tmp / f"release-{n}") for n, s in enumerate(unique)]
+        with ThreadPoolExecutor(max_workers=max(1, min(len(jobs), 8))) as pool:  # gpgv runs outside the GIL
+            outcomes = list(pool.map(lambda job: _try_gpgv(job[1], ring_paths, job[2], tool), jobs))
+        for (s, _data, _dir), outcome in zip(jobs, outcomes, strict=True):
+            if isinstance(outcome, VerificationError):
+                raise _fail(f"{s.uri}: {str(outcome).removeprefix('[debian] ')}", s.seq)
+            signed[s.uri] = outcome[0]
+            fingerprints.update(outcome[1])
     index_bytes: dict[str, bytes] = {}
     for s in indexes:
         if s.via is None or s.via not in signed:
