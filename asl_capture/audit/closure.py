@@ -23,6 +23,17 @@ def _under(path: bytes, roots: tuple[bytes, ...]) -> bool:
     return any(path == r or path.startswith(r.rstrip(b"/") + b"/") or r == b"." for r in roots)
 
 
+def could_exclude(pattern: str, roots: tuple[bytes, ...]) -> bool:
+    """Whether an exclusion pattern can have left anything under ``roots`` out of a snapshot. Patterns
+    match a path's label or its name (``manifest.Excluder``): a literal pattern with a ``/`` matches one
+    label only, so it excluded nothing unless that label lies at or under a root; any other pattern
+    may have (what it hid is not in the manifest to say otherwise)."""
+    if any(ch in pattern for ch in "*?[") or "/" not in pattern:
+        return True
+    label = os.fsencode(pattern.rstrip("/"))
+    return any(root in (b".", label) or label.startswith(root.rstrip(b"/") + b"/") for root in roots)
+
+
 def _session(recorded: Recorded, seq: int) -> int | None:
     """The top-level record enclosing step ``seq`` (None when the step ran on its own)."""
     by_id = {r.id: r.seq for r in recorded.records}
@@ -94,7 +105,7 @@ def check_closure(recorded: Recorded) -> tuple[str, list[str]]:
             else:
                 counts["source"] += 1
         for label, manifest in (("inputs", recorded.inputs(seq)), ("outputs", recorded.outputs(seq))):
-            patterns = getattr(manifest, "exclude", ())
+            patterns = [p for p in getattr(manifest, "exclude", ()) if could_exclude(p, manifest.roots)]
             if patterns:
                 problems.append(f"step {record.step!r} (record {seq}) excluded paths matching "
                                 f"{', '.join(repr(p) for p in patterns)} from its {label}: what it read or wrote "
@@ -117,8 +128,10 @@ def check_closure(recorded: Recorded) -> tuple[str, list[str]]:
                          "excluded (e.g. the project's configured excludes) cannot be shown")
         elif patterns:
             notes.append(f"exclusions: the source snapshot (record {session}) left out paths matching "
-                         f"{', '.join(repr(p) for p in patterns)}; no step excluded anything")
+                         f"{', '.join(repr(p) for p in patterns)}; no step's snapshot can have excluded anything "
+                         f"(patterns they record match no path under their roots)")
         else:
-            notes.append(f"exclusions: none recorded for the source snapshot (record {session}) or any step")
+            notes.append(f"exclusions: none for the source snapshot (record {session}); no step's snapshot can have "
+                         f"excluded anything")
     return (f"{len(steps)} steps: {counts['output']} input paths are earlier steps' outputs, {counts['source']} "
             f"are the source snapshot's, none without an origin; Debian packages are pinned sources (check 6)"), notes
