@@ -105,7 +105,7 @@ def check_closure(recorded: Recorded) -> tuple[str, list[str]]:
             else:
                 counts["source"] += 1
         for label, manifest in (("inputs", recorded.inputs(seq)), ("outputs", recorded.outputs(seq))):
-            patterns = [p for p in getattr(manifest, "exclude", ()) if could_exclude(p, manifest.roots)]
+            patterns = [p for p in manifest.exclude if could_exclude(p, manifest.roots)]
             if patterns:
                 problems.append(f"step {record.step!r} (record {seq}) excluded paths matching "
                                 f"{', '.join(repr(p) for p in patterns)} from its {label}: what it read or wrote "
@@ -120,13 +120,9 @@ def check_closure(recorded: Recorded) -> tuple[str, list[str]]:
         shown = "; ".join(problems[:SHOWN]) + (f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else "")
         raise VerificationError(f"{len(problems)} input(s) without a recorded origin: {shown}", check="closure",
                                 record=first_problem_seq)
-    recorded_format = "exclude" in getattr(Manifest, "__dataclass_fields__", {})
     for session, manifest in sources_seen.items():
-        patterns = getattr(manifest, "exclude", ())
-        if not recorded_format:
-            notes.append("exclusions: these manifests do not record exclusion patterns, so paths a snapshot "
-                         "excluded (e.g. the project's configured excludes) cannot be shown")
-        elif patterns:
+        patterns = manifest.exclude
+        if patterns:
             notes.append(f"exclusions: the source snapshot (record {session}) left out paths matching "
                          f"{', '.join(repr(p) for p in patterns)}; no step's snapshot can have excluded anything "
                          f"(patterns they record match no path under their roots)")
