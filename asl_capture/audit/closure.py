@@ -121,10 +121,10 @@ def check_closure(recorded: Recorded) -> tuple[str, list[str]]:
         raise VerificationError(f"{len(problems)} input(s) without a recorded origin: {shown}", check="closure",
                                 record=first_problem_seq)
     for session, manifest in sources_seen.items():
-        patterns = manifest.exclude
-        if patterns:
+        session_patterns = manifest.exclude
+        if session_patterns:
             notes.append(f"exclusions: the source snapshot (record {session}) left out paths matching "
-                         f"{', '.join(repr(p) for p in patterns)}; no step's snapshot can have excluded anything "
+                         f"{', '.join(repr(p) for p in session_patterns)}; no step's snapshot can have excluded anything "
                          f"(patterns they record match no path under their roots)")
         else:
             notes.append(f"exclusions: none for the source snapshot (record {session}); no step's snapshot can have "
