@@ -124,8 +124,8 @@ def check_closure(recorded: Recorded) -> tuple[str, list[str]]:
         session_patterns = manifest.exclude
         if session_patterns:
             notes.append(f"exclusions: the source snapshot (record {session}) left out paths matching "
-                         f"{', '.join(repr(p) for p in session_patterns)}; no step's snapshot can have excluded anything "
-                         f"(patterns they record match no path under their roots)")
+                         f"{', '.join(repr(p) for p in session_patterns)}; no step's snapshot can have excluded "
+                         f"anything (patterns they record match no path under their roots)")
         else:
             notes.append(f"exclusions: none for the source snapshot (record {session}); no step's snapshot can have "
                          f"excluded anything")
