@@ -66,6 +66,7 @@ def check_closure(recorded: Recorded) -> tuple[str, list[str]]:
     sources_seen: dict[int, Manifest] = {}
     counts = {"output": 0, "source": 0}
     first_problem_seq: int | None = None
+    excluded: list[str] = []
     for seq in steps:
         record = recorded.records[seq]
         session = _session(recorded, seq)
@@ -107,10 +108,9 @@ def check_closure(recorded: Recorded) -> tuple[str, list[str]]:
         for label, manifest in (("inputs", recorded.inputs(seq)), ("outputs", recorded.outputs(seq))):
             patterns = [p for p in manifest.exclude if could_exclude(p, manifest.roots)]
             if patterns:
-                problems.append(f"step {record.step!r} (record {seq}) excluded paths matching "
-                                f"{', '.join(repr(p) for p in patterns)} from its {label}: what it read or wrote "
-                                f"there is not recorded")
-                first_problem_seq = first_problem_seq if first_problem_seq is not None else seq
+                excluded.append(f"step {record.step!r} (record {seq}) excluded paths matching "
+                                f"{', '.join(repr(p) for p in patterns)} from its {label}: those paths are not "
+                                f"recorded, so nothing here vouches for them")
         after = recorded.outputs(seq)
         for path in [p for p in produced if _under(p, after.roots)]:
             del produced[path]
@@ -120,14 +120,16 @@ def check_closure(recorded: Recorded) -> tuple[str, list[str]]:
         shown = "; ".join(problems[:SHOWN]) + (f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else "")
         raise VerificationError(f"{len(problems)} input(s) without a recorded origin: {shown}", check="closure",
                                 record=first_problem_seq)
+    notes.extend(f"exclusions: {line}" for line in excluded)
     for session, manifest in sources_seen.items():
         session_patterns = manifest.exclude
         if session_patterns:
             notes.append(f"exclusions: the source snapshot (record {session}) left out paths matching "
-                         f"{', '.join(repr(p) for p in session_patterns)}; no step's snapshot can have excluded "
-                         f"anything (patterns they record match no path under their roots)")
+                         f"{', '.join(repr(p) for p in session_patterns)}")
         else:
-            notes.append(f"exclusions: none for the source snapshot (record {session}); no step's snapshot can have "
-                         f"excluded anything")
+            notes.append(f"exclusions: none for the source snapshot (record {session})")
+    if not excluded:
+        notes.append("exclusions: no step's snapshot can have excluded anything (patterns they record match no "
+                     "path under their roots)")
     return (f"{len(steps)} steps: {counts['output']} input paths are earlier steps' outputs, {counts['source']} "
             f"are the source snapshot's, none without an origin; Debian packages are pinned sources (check 6)"), notes
