@@ -277,7 +277,7 @@ def test_altered_inrelease_fails_naming_it(built: Build, tmp_path: Path) -> None
         assert isinstance(attached, list)
         for item in attached:
             if isinstance(item, dict) and item["digest"] == old:
-                item["digest"] = new
+                item["digest"], item["size"] = new, len(data)
         altered.append(str(release["uri"]))
 
     prov = _forge(built, tmp_path / "inrelease", change)
