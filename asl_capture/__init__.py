@@ -5,6 +5,3 @@ imports no ``click``; the command-line tools are thin wrappers around it.
 """
 
 __version__ = "0.1.0"
-
-#: Version of the record contract written by this package (``docs/FORMAT.md``).
-FORMAT_VERSION = 1

@@ -20,17 +20,10 @@ from asl_capture import chain, envpolicy, gcpause, projectconfig
 from asl_capture.agent import ENV_AGENT, AgentSigner, SigningAgent, connect
 from asl_capture.context import host_info, read_sources, vcs_info
 from asl_capture.cose import MessageSigner
-from asl_capture.errors import AslError, CaptureError, CheckpointError, RecordWriteError, UsageError
+from asl_capture.errors import AslError, CaptureError, CheckpointError, KeyFileError, RecordWriteError, UsageError
 from asl_capture.format import Attachment, Inputs, Log, Manifest, Outputs, Source, StepRecord, Vcs, diff
 from asl_capture.hashing import Hasher
-from asl_capture.keys import (
-    PASSPHRASE_ENV,
-    Signer,
-    ensure_dev_key,
-    ephemeral_signer,
-    load_signer,
-    read_passphrase,
-)
+from asl_capture.keys import ENV_KEY, ENV_PASSPHRASE_FILE, PASSPHRASE_ENV, Signer, ephemeral_signer, signing_key
 from asl_capture.manifest import Excluder, label_for, snapshot
 from asl_capture.projectconfig import ProjectConfig
 from asl_capture.runner import RunResult, StoredLog, release_signals, run
@@ -39,8 +32,6 @@ from asl_capture.store import ObjectStore, ProvenanceDir
 
 ENV_DIR = "ASL_CAPTURE_DIR"
 ENV_PARENT = "ASL_CAPTURE_PARENT"
-ENV_KEY = "ASL_CAPTURE_KEY"
-ENV_PASSPHRASE_FILE = "ASL_CAPTURE_PASSPHRASE_FILE"
 #: Never handed to the captured command: it signs through the agent instead (agent.py).
 KEY_ENV = (ENV_KEY, ENV_PASSPHRASE_FILE, PASSPHRASE_ENV)
 EXIT_CANNOT_START = 127
@@ -90,7 +81,8 @@ def resolve_provenance(config: CaptureConfig, project: ProjectConfig) -> Path:
 
 def resolve_signer(config: CaptureConfig, notify: Callable[[str], None]) -> MessageSigner:
     """The signer: ``--ephemeral-key``, ``--key``, the enclosing capture's agent (``$ASL_CAPTURE_AGENT``),
-    ``$ASL_CAPTURE_KEY``, or the per-user development key, in this order.
+    ``$ASL_CAPTURE_KEY``, or the per-user development key, in this order (the key files as
+    :func:`asl_capture.keys.signing_key` resolves them).
 
     Raises:
         UsageError: ``--ephemeral-key`` together with ``--key``.
@@ -104,21 +96,14 @@ def resolve_signer(config: CaptureConfig, notify: Callable[[str], None]) -> Mess
     agent_path = config.environ.get(ENV_AGENT)
     if config.key is None and agent_path:
         return connect(agent_path)
-    passphrase_file = config.passphrase_file
-    if passphrase_file is None and config.environ.get(ENV_PASSPHRASE_FILE):
-        passphrase_file = Path(config.environ[ENV_PASSPHRASE_FILE])
-    passphrase = read_passphrase(passphrase_file=passphrase_file, environ=config.environ)
-    key_path = config.key
-    if key_path is None and config.environ.get(ENV_KEY):
-        key_path = Path(config.environ[ENV_KEY])
-    if key_path is None:
-        key_path, created = ensure_dev_key(config.environ)
-        if created is not None:
-            notify(f"asl-capture: created development signing key {key_path} (key id {created.hex()}); "
-                   f"trust it with --trust {key_path.with_suffix('.pub')}")
-    if not key_path.is_absolute():
-        key_path = config.cwd / key_path
-    return load_signer(key_path, passphrase=passphrase)
+    source = signing_key(key=config.key, passphrase_file=config.passphrase_file, environ=config.environ,
+                         cwd=config.cwd, create_dev_key=True)
+    if source is None:  # pragma: no cover - create_dev_key always yields a key
+        raise KeyFileError("no signing key")
+    if source.created is not None:
+        notify(f"asl-capture: created development signing key {source.path} (key id {source.created.hex()}); "
+               f"trust it with --trust {source.path.with_suffix('.pub')}")
+    return source.load(config.environ)
 
 
 def _abs(path: Path, cwd: Path) -> Path:

@@ -1,13 +1,12 @@
 """The project's exception hierarchy: one base, specific subclasses.
 
-The command-line tools catch :class:`AslError` in one place, print ``ClassName: message`` and map
-the class to an exit code through :attr:`AslError.exit_code` (1 = verification failed, 2 = usage or
-unreadable input).
+The command-line tools catch :class:`AslError` in one place (:func:`asl_capture.cli.run.main`),
+print ``ClassName: message`` and exit with the class's :attr:`AslError.exit_code` (1 = verification
+failed, 2 = usage or unreadable input, or a tool's own documented code).
 """
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 

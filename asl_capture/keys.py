@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 PASSPHRASE_ENV = "ASL_KEY_PASSPHRASE"
 #: Bytes read from a passphrase file at most (its first line is the passphrase).
 PASSPHRASE_LIMIT = 64 * 1024
+#: The signing key's path, when ``--key`` is not given.
+ENV_KEY = "ASL_CAPTURE_KEY"
+#: The passphrase file's path, when ``--passphrase-file`` is not given.
+ENV_PASSPHRASE_FILE = "ASL_CAPTURE_PASSPHRASE_FILE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,14 +156,35 @@ def _read_key_file(path: Path, *, private: bool) -> bytes:
         os.close(fd)
         raise KeyFileError(f"{path}: not a regular file")
     with os.fdopen(fd, "rb") as handle:
-        if private and st.st_mode & 0o077:
+        if st.st_size > 64 * 1024:
+            raise KeyFileError(f"{path}: too large to be a key file")
+        data = handle.read()
+    if private:
+        # what the file is first: a public key or a non-key needs other advice than chmod
+        if _pem_label(data) == b"PUBLIC KEY":
+            raise KeyFileError(f"{path}: is a public key; signing needs the private key (NAME.key, not NAME.pub)")
+        if not _may_be_private(data):
+            raise KeyFileError(f"{path}: not a private key file (expected PKCS#8 PEM, as 'asl-keys generate' writes)")
+        if st.st_mode & 0o077:
             raise KeyFileError(
                 f"{path}: private key is accessible by group or others "
                 f"(mode {stat.S_IMODE(st.st_mode):04o}); run 'chmod 600 {path}'"
             )
-        if st.st_size > 64 * 1024:
-            raise KeyFileError(f"{path}: too large to be a key file")
-        return handle.read()
+    return data
+
+
+def _pem_label(data: bytes) -> bytes | None:
+    """The label of a PEM file (``PUBLIC KEY``, ``PRIVATE KEY``, ...), or None when it is not PEM."""
+    text = data.lstrip()
+    begin = b"-----BEGIN "
+    end = text.find(b"-----", len(begin))
+    return text[len(begin):end] if text.startswith(begin) and end > 0 else None
+
+
+def _may_be_private(data: bytes) -> bool:
+    """PEM labelled as a private key, or DER (a SEQUENCE) that the loader must judge."""
+    label = _pem_label(data)
+    return label.endswith(b"PRIVATE KEY") if label is not None else data.startswith(b"\x30")
 
 
 def load_signer(path: Path, *, passphrase: bytes | None = None) -> Signer:
@@ -246,6 +271,26 @@ def load_public(path: Path) -> Ed25519PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise KeyFileError(f"{path}: not an Ed25519 public key")
     return key
+
+
+def file_key_id(path: Path, *, passphrase: Callable[[], bytes | None]) -> bytes:
+    """The key id of a public or private key file; ``passphrase()`` is asked only for a private key.
+
+    Raises:
+        KeyFileError: missing, unreadable, not a key file, or a private key that cannot be loaded.
+    """
+    data = _read_key_file(path, private=False)
+    label = _pem_label(data)
+    if label == b"PUBLIC KEY":
+        return public_key_id(load_public(path))
+    if not _may_be_private(data):
+        raise KeyFileError(f"{path}: not a key file (neither an Ed25519 public key nor a private key)")
+    if label is None:  # DER: public or private
+        try:
+            return public_key_id(load_public(path))
+        except KeyFileError:
+            pass
+    return load_signer(path, passphrase=passphrase()).kid
 
 
 def load_trust(paths: Sequence[Path]) -> dict[bytes, Ed25519PublicKey]:
@@ -341,3 +386,47 @@ def save_seed(path: Path, seed: bytes) -> None:
         raise KeyFileError(f"{path}: an Ed25519 private key is 32 bytes")
     body = base64.encodebytes(_PKCS8_ED25519 + seed).replace(b"\n", b"")
     _write_new(path, _PEM_BEGIN + b"\n" + body + b"\n" + _PEM_END + b"\n", 0o600)
+
+
+@dataclass(frozen=True, slots=True)
+class KeySource:
+    """Which signing key to use, with its passphrase file; ``created`` is the key id of a development
+    key made just now (else None)."""
+
+    path: Path
+    passphrase_file: Path | None
+    created: bytes | None = None
+
+    def load(self, environ: Mapping[str, str]) -> Signer:
+        """Read the passphrase (file, else ``$ASL_KEY_PASSPHRASE``) and load the key.
+
+        Raises:
+            KeyFileError: the passphrase or the key cannot be read, or the key is unusable.
+        """
+        return load_signer(self.path, passphrase=read_passphrase(passphrase_file=self.passphrase_file, environ=environ))
+
+
+def signing_key(*, key: Path | None, passphrase_file: Path | None, environ: Mapping[str, str], cwd: Path,
+                create_dev_key: bool) -> KeySource | None:
+    """The signing key: ``key`` (``--key``), else ``$ASL_CAPTURE_KEY``, else the per-user development
+    key (created when missing and ``create_dev_key``; else None when missing). The passphrase file
+    is ``passphrase_file``, else ``$ASL_CAPTURE_PASSPHRASE_FILE``. Relative paths are taken from ``cwd``.
+
+    Raises:
+        KeyFileError: the development key cannot be created.
+    """
+    if passphrase_file is None and environ.get(ENV_PASSPHRASE_FILE):
+        passphrase_file = Path(environ[ENV_PASSPHRASE_FILE])
+    if key is None and environ.get(ENV_KEY):
+        key = Path(environ[ENV_KEY])
+    created = None
+    if key is None:
+        if create_dev_key:
+            key, created = ensure_dev_key(environ)
+        elif dev_key_path(environ).exists():
+            key = dev_key_path(environ)
+        else:
+            return None
+    if passphrase_file is not None and not passphrase_file.is_absolute():
+        passphrase_file = cwd / passphrase_file
+    return KeySource(path=key if key.is_absolute() else cwd / key, passphrase_file=passphrase_file, created=created)

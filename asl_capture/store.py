@@ -96,6 +96,9 @@ class ProvenanceDir:
             StoreError: it is missing, not a directory, or holds no chain.
         """
         if not root.is_dir():
+            if root.exists():
+                hint = f"; give the directory holding it, {root.parent}" if root.name == CHAIN_NAME else ""
+                raise StoreError(f"{root}: is a file, not a provenance directory{hint}")
             raise StoreError(f"{root}: no such provenance directory")
         prov = cls(Path(os.path.abspath(root)))
         if not prov.chain.is_file():

@@ -10,7 +10,8 @@ import click
 
 from asl_capture.capture import CaptureConfig, capture
 from asl_capture.cli import ensure_std_fds
-from asl_capture.errors import AslError, RecordWriteError
+from asl_capture.cli.run import CONTEXT, version_option
+from asl_capture.cli.run import main as run_main
 
 HELP_EPILOG = """\b
 Exit status: the command's own exit code; 128+N when signal N ended it; 127 when it
@@ -27,8 +28,8 @@ captures nested in it sign, while it runs); never the key's path or passphrase.
 """
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "allow_interspersed_args": False},
-               epilog=HELP_EPILOG)
+@click.command(context_settings={**CONTEXT, "allow_interspersed_args": False}, epilog=HELP_EPILOG)
+@version_option("asl-capture")
 @click.option("--step", help="Step name (default: the command's basename).")
 @click.option("--provenance", type=click.Path(path_type=Path),
               help="Provenance directory (default: $ASL_CAPTURE_DIR, else ./provenance).")
@@ -53,7 +54,7 @@ captures nested in it sign, while it runs); never the key's path or passphrase.
 @click.argument("command", nargs=-1, required=False, type=click.UNPROCESSED)
 def cli(step: str | None, provenance: Path | None, key: Path | None, passphrase_file: Path | None,
         ephemeral_key: bool, inputs: tuple[Path, ...], outputs: tuple[Path, ...], excludes: tuple[str, ...],
-        root: Path | None, sources_file: Path | None, attach: tuple[Path, ...], command: tuple[str, ...]) -> None:
+        root: Path | None, sources_file: Path | None, attach: tuple[Path, ...], command: tuple[str, ...]) -> int:
     """Run CMD, hash what it read and wrote, and append a signed provenance record."""
     progress = (lambda msg: click.echo(f"\r{msg}", err=True, nl=False)) if sys.stderr.isatty() else None
     try:
@@ -67,14 +68,7 @@ def cli(step: str | None, provenance: Path | None, key: Path | None, passphrase_
         passphrase_file=passphrase_file, ephemeral_key=ephemeral_key, inputs=inputs, outputs=outputs,
         excludes=excludes, root=root, sources_file=sources_file, attach=attach, progress=progress,
     )
-    try:
-        outcome = capture(config, notify=lambda msg: click.echo(msg, err=True))
-    except RecordWriteError as exc:
-        click.echo(f"{type(exc).__name__}: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except AslError as exc:
-        click.echo(f"{type(exc).__name__}: {exc}", err=True)
-        sys.exit(2)
+    outcome = capture(config, notify=lambda msg: click.echo(msg, err=True))
     error = outcome.record.error
     if error is not None:
         shown = error if isinstance(error, str) else error.decode("utf-8", "backslashreplace")
@@ -85,13 +79,13 @@ def cli(step: str | None, provenance: Path | None, key: Path | None, passphrase_
 
         click.echo(f"asl-capture: signed with ephemeral build key {key_id(outcome.record.ephemeral_key).hex()} "
                    f"(now forgotten; its public key is in record seq {outcome.seq})", err=True)
-    sys.exit(outcome.exit_code)
+    return outcome.exit_code
 
 
 def main() -> None:
     """Console entry point."""
     ensure_std_fds()
-    cli(prog_name="asl-capture")
+    run_main(cli, prog_name="asl-capture")
 
 
 if __name__ == "__main__":

@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import click
 
 from asl_capture.chain import repair
 from asl_capture.cli import ensure_std_fds
-from asl_capture.errors import AslError
+from asl_capture.cli.run import CONTEXT, version_option
+from asl_capture.cli.run import main as run_main
 from asl_capture.keys import load_signer, read_passphrase
 from asl_capture.store import ProvenanceDir
 
 EPILOG = "\b\nExit status: 0 success (or nothing to repair), 2 unreadable, unwritable or corrupt chain."
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+@click.group(context_settings=CONTEXT, epilog=EPILOG)
+@version_option("asl-chain")
 def cli() -> None:
     """Maintain an asl-capture provenance chain."""
 
 
-@cli.command("repair", epilog=EPILOG)
+@cli.command("repair", context_settings=CONTEXT, epilog=EPILOG)
+@version_option("asl-chain")
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--key", type=click.Path(path_type=Path),
               help="The chain's signing key: repair refuses a chain this key did not sign (nothing is signed).")
@@ -35,15 +37,11 @@ def repair_cmd(directory: Path, key: Path | None, passphrase_file: Path | None) 
     to a record the signed checkpoint vouches for (a crash cannot have torn it). Repair never
     signs anything: the checkpoint is left as it is.
     """
-    try:
-        kid = None
-        if key is not None:
-            passphrase = read_passphrase(passphrase_file=passphrase_file, environ=os.environ)
-            kid = load_signer(key, passphrase=passphrase).kid
-        result = repair(ProvenanceDir.existing(directory), kid=kid)
-    except AslError as exc:
-        click.echo(f"{type(exc).__name__}: {exc}", err=True)
-        sys.exit(2)
+    kid = None
+    if key is not None:
+        passphrase = read_passphrase(passphrase_file=passphrase_file, environ=os.environ)
+        kid = load_signer(key, passphrase=passphrase).kid
+    result = repair(ProvenanceDir.existing(directory), kid=kid)
     if result.removed == 0:
         click.echo(f"asl-chain: nothing to repair: {result.records} whole record(s), no torn tail")
     else:
@@ -55,7 +53,7 @@ def repair_cmd(directory: Path, key: Path | None, passphrase_file: Path | None) 
 def main() -> None:
     """Console entry point."""
     ensure_std_fds()
-    cli(prog_name="asl-chain")
+    run_main(cli, prog_name="asl-chain")
 
 
 if __name__ == "__main__":

@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import click
 
 from asl_capture.cli import ensure_std_fds
-from asl_capture.errors import AslError, KeyFileError
-from asl_capture.keys import generate, load_public, load_signer, public_key_id, read_passphrase
+from asl_capture.cli.run import CONTEXT, version_option
+from asl_capture.cli.run import main as run_main
+from asl_capture.keys import file_key_id, generate, read_passphrase
 
 EPILOG = "\b\nExit status: 0 success, 2 usage error, unusable key file or wrong passphrase."
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+@click.group(context_settings=CONTEXT, epilog=EPILOG)
+@version_option("asl-keys")
 def cli() -> None:
     """Manage asl-capture Ed25519 keys. Passphrases come from a file or $ASL_KEY_PASSPHRASE."""
 
 
-@cli.command("generate", epilog=EPILOG)
+@cli.command("generate", context_settings=CONTEXT, epilog=EPILOG)
+@version_option("asl-keys")
 @click.argument("name")
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("."), show_default=True,
               help="Where to write NAME.key (0600) and NAME.pub.")
@@ -28,30 +30,19 @@ def cli() -> None:
               "on this file's first line (or set ASL_KEY_PASSPHRASE).")
 def generate_cmd(name: str, directory: Path, passphrase_file: Path | None) -> None:
     """Create NAME.key (PKCS#8 PEM, mode 0600) and NAME.pub (SubjectPublicKeyInfo PEM)."""
-    try:
-        passphrase = read_passphrase(passphrase_file=passphrase_file, environ=os.environ)
-        key_path, pub_path, kid = generate(name, directory=directory, passphrase=passphrase)
-    except AslError as exc:
-        click.echo(f"{type(exc).__name__}: {exc}", err=True)
-        sys.exit(2)
+    passphrase = read_passphrase(passphrase_file=passphrase_file, environ=os.environ)
+    key_path, pub_path, kid = generate(name, directory=directory, passphrase=passphrase)
     click.echo(f"asl-keys: wrote {key_path} and {pub_path}", err=True)
     click.echo(kid.hex())
 
 
-@cli.command("id", epilog=EPILOG)
+@cli.command("id", context_settings=CONTEXT, epilog=EPILOG)
+@version_option("asl-keys")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--passphrase-file", type=click.Path(path_type=Path), help="Passphrase for an encrypted private key.")
 def id_cmd(file: Path, passphrase_file: Path | None) -> None:
     """Print the key id (hex SHA-256 of the raw public key) of a public or private key FILE."""
-    try:
-        try:
-            kid = public_key_id(load_public(file))
-        except KeyFileError:
-            passphrase = read_passphrase(passphrase_file=passphrase_file, environ=os.environ)
-            kid = load_signer(file, passphrase=passphrase).kid
-    except AslError as exc:
-        click.echo(f"{type(exc).__name__}: {exc}", err=True)
-        sys.exit(2)
+    kid = file_key_id(file, passphrase=lambda: read_passphrase(passphrase_file=passphrase_file, environ=os.environ))
     click.echo(kid.hex())
 
 
@@ -92,7 +83,7 @@ def export_cmd(file: Path, fmt: str, out: Path | None, passphrase_file: Path | N
 def main() -> None:
     """Console entry point."""
     ensure_std_fds()
-    cli(prog_name="asl-keys")
+    run_main(cli, prog_name="asl-keys")
 
 
 if __name__ == "__main__":

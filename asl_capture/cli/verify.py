@@ -6,21 +6,25 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from asl_capture.cli import ensure_std_fds
+from asl_capture.cli.run import CONTEXT, version_option
+from asl_capture.cli.run import main as run_main
 from asl_capture.errors import AslError, VerificationError
 from asl_capture.keys import load_trust
 from asl_capture.verify import CHECKS, ChainReport, StepNode, verify_chain
 
 EPILOG = "\b\nExit status: 0 verified, 1 verification failed, 2 usage error or unreadable input."
+#: The schema each subcommand's ``--json`` output names (usage errors are reported under it too).
+JSON_SCHEMAS = {"chain": "asl-verify/chain/1"}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+@click.group(context_settings=CONTEXT, epilog=EPILOG)
+@version_option("asl-verify")
 def cli() -> None:
     """Verify asl-capture provenance offline."""
 
@@ -72,7 +76,8 @@ def _tree_lines(nodes: tuple[StepNode, ...]) -> list[str]:
     return lines
 
 
-@cli.command("chain", epilog=EPILOG)
+@cli.command("chain", context_settings=CONTEXT, epilog=EPILOG)
+@version_option("asl-verify")
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--trust", "trust", multiple=True, required=True, type=click.Path(path_type=Path),
               help="Trusted public key (*.pub) or a directory of them (repeatable).")
@@ -114,13 +119,12 @@ def chain_cmd(directory: Path, trust: tuple[Path, ...], as_json: bool) -> None:
             number = CHECKS.index(error.check) + 1 if error.check in CHECKS else len(checks) + 1
             click.echo(f"  {number}. {error.check:<9} FAIL  {error}")
             click.echo("FAILED")
-        click.echo(f"{type(error).__name__}: {error}", err=True)
-        sys.exit(error.exit_code)
+        raise error  # shown and mapped to its exit code by cli.run, like every other error
 
 
 def _json(directory: Path, checks: list[dict[str, Any]], report: ChainReport | None,
           error: AslError | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"schema": "asl-verify/chain/1", "path": str(directory), "checks": checks}
+    out: dict[str, Any] = {"schema": JSON_SCHEMAS["chain"], "path": str(directory), "checks": checks}
     if report is not None:
         out.update({
             "verdict": "verified", "chain": report.chain_id.hex(), "records": len(report.records),
@@ -161,7 +165,7 @@ _register()
 def main() -> None:
     """Console entry point."""
     ensure_std_fds()
-    cli(prog_name="asl-verify")
+    run_main(cli, prog_name="asl-verify", json_schemas=JSON_SCHEMAS)
 
 
 if __name__ == "__main__":
