@@ -29,7 +29,7 @@ captures nested in it sign, while it runs); never the key's path or passphrase.
 
 
 @click.command(context_settings={**CONTEXT, "allow_interspersed_args": False}, epilog=HELP_EPILOG)
-@version_option("asl-capture")
+@version_option()
 @click.option("--step", help="Step name (default: the command's basename).")
 @click.option("--provenance", type=click.Path(path_type=Path),
               help="Provenance directory (default: $ASL_CAPTURE_DIR, else ./provenance).")

@@ -9,7 +9,7 @@ import click
 
 from asl_capture.chain import repair
 from asl_capture.cli import ensure_std_fds
-from asl_capture.cli.run import CONTEXT, version_option
+from asl_capture.cli.run import group, subcommand
 from asl_capture.cli.run import main as run_main
 from asl_capture.keys import load_signer, read_passphrase
 from asl_capture.store import ProvenanceDir
@@ -17,14 +17,12 @@ from asl_capture.store import ProvenanceDir
 EPILOG = "\b\nExit status: 0 success (or nothing to repair), 2 unreadable, unwritable or corrupt chain."
 
 
-@click.group(context_settings=CONTEXT, epilog=EPILOG)
-@version_option("asl-chain")
+@group(epilog=EPILOG)
 def cli() -> None:
     """Maintain an asl-capture provenance chain."""
 
 
-@cli.command("repair", context_settings=CONTEXT, epilog=EPILOG)
-@version_option("asl-chain")
+@subcommand(cli, "repair", epilog=EPILOG)
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--key", type=click.Path(path_type=Path),
               help="The chain's signing key: repair refuses a chain this key did not sign (nothing is signed).")

@@ -8,21 +8,19 @@ from pathlib import Path
 import click
 
 from asl_capture.cli import ensure_std_fds
-from asl_capture.cli.run import CONTEXT, version_option
+from asl_capture.cli.run import group, subcommand
 from asl_capture.cli.run import main as run_main
 from asl_capture.keys import file_key_id, generate, read_passphrase
 
 EPILOG = "\b\nExit status: 0 success, 2 usage error, unusable key file or wrong passphrase."
 
 
-@click.group(context_settings=CONTEXT, epilog=EPILOG)
-@version_option("asl-keys")
+@group(epilog=EPILOG)
 def cli() -> None:
     """Manage asl-capture Ed25519 keys. Passphrases come from a file or $ASL_KEY_PASSPHRASE."""
 
 
-@cli.command("generate", context_settings=CONTEXT, epilog=EPILOG)
-@version_option("asl-keys")
+@subcommand(cli, "generate", epilog=EPILOG)
 @click.argument("name")
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("."), show_default=True,
               help="Where to write NAME.key (0600) and NAME.pub.")
@@ -36,8 +34,7 @@ def generate_cmd(name: str, directory: Path, passphrase_file: Path | None) -> No
     click.echo(kid.hex())
 
 
-@cli.command("id", context_settings=CONTEXT, epilog=EPILOG)
-@version_option("asl-keys")
+@subcommand(cli, "id", epilog=EPILOG)
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--passphrase-file", type=click.Path(path_type=Path), help="Passphrase for an encrypted private key.")
 def id_cmd(file: Path, passphrase_file: Path | None) -> None:

@@ -26,9 +26,23 @@ EXIT_INTERRUPTED = 130
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
-def version_option(prog_name: str) -> Callable[[_F], _F]:
-    """``--version`` for a command or group (every command has one)."""
-    return click.version_option(__version__, "--version", prog_name=prog_name, message="%(prog)s %(version)s")
+def version_option() -> Callable[[_F], _F]:
+    """``--version`` for a command or group: prints ``PROG VERSION`` (PROG as :func:`main` names it)."""
+    return click.version_option(__version__, "--version", message="%(prog)s %(version)s")
+
+
+def group(*, epilog: str) -> Callable[[Callable[[], None]], click.Group]:
+    """A tool's command group, with ``-h``, ``--version`` and the exit-status ``epilog``."""
+    def make(function: Callable[[], None]) -> click.Group:
+        return click.group(context_settings=CONTEXT, epilog=epilog)(version_option()(function))
+    return make
+
+
+def subcommand(parent: click.Group, name: str, *, epilog: str) -> Callable[[_F], click.Command]:
+    """A subcommand of ``parent``, with ``-h``, ``--version`` and the exit-status ``epilog``."""
+    def make(function: _F) -> click.Command:
+        return parent.command(name, context_settings=CONTEXT, epilog=epilog)(version_option()(function))
+    return make
 
 
 def _json_usage_error(prog_name: str, exc: click.UsageError, schemas: dict[str, str], argv: list[str]) -> None:

@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from asl_capture.cli import ensure_std_fds
-from asl_capture.cli.run import CONTEXT, version_option
+from asl_capture.cli.run import group, subcommand
 from asl_capture.cli.run import main as run_main
 from asl_capture.errors import AslError, VerificationError
 from asl_capture.keys import load_trust
@@ -23,8 +24,7 @@ EPILOG = "\b\nExit status: 0 verified, 1 verification failed, 2 usage error or u
 JSON_SCHEMAS = {"chain": "asl-verify/chain/1"}
 
 
-@click.group(context_settings=CONTEXT, epilog=EPILOG)
-@version_option("asl-verify")
+@group(epilog=EPILOG)
 def cli() -> None:
     """Verify asl-capture provenance offline."""
 
@@ -76,8 +76,7 @@ def _tree_lines(nodes: tuple[StepNode, ...]) -> list[str]:
     return lines
 
 
-@cli.command("chain", context_settings=CONTEXT, epilog=EPILOG)
-@version_option("asl-verify")
+@subcommand(cli, "chain", epilog=EPILOG)
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--trust", "trust", multiple=True, required=True, type=click.Path(path_type=Path),
               help="Trusted public key (*.pub) or a directory of them (repeatable).")

@@ -8,7 +8,8 @@ found uint``.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, ClassVar, TypeVar
 
 from asl_capture.dcbor import Tag, Value
 from asl_capture.errors import FormatError
@@ -187,3 +188,86 @@ def raw_path(value: Value, where: str) -> bytes:
     """A recorded path (``tstr / bstr``) as raw bytes."""
     checked = text_or_bytes(value, where)
     return checked.encode("utf-8") if isinstance(checked, str) else checked
+
+
+Check = Callable[[Value, str], Any]
+
+
+def nullable(check: Check) -> Check:
+    """``T / null``: None, or what ``check`` accepts."""
+    return lambda value, where: None if value is None else check(value, where)
+
+
+def sized(size: int) -> Check:
+    """A byte string of exactly ``size`` bytes."""
+    return lambda value, where: bstr(value, where, size)
+
+
+def choice(*choices: str) -> Check:
+    """A text string among ``choices``."""
+    return lambda value, where: one_of(value, where, choices)
+
+
+def array_of(check: Check) -> Check:
+    """``[* T]`` as a tuple, each item checked (and named ``where[i]``)."""
+    return lambda value, where: tuple(check(item, index(where, i)) for i, item in enumerate(array(value, where)))
+
+
+def map_of(check: Check) -> Check:
+    """``{* tstr => T}`` as a dict, each value checked (and named ``where.key``)."""
+    return lambda value, where: {name: check(item, at(where, name)) for name, item in mapping(value, where).items()}
+
+
+def _plain(value: object) -> Value:
+    """A field's value in the CBOR data model: nested structs as maps, tuples as arrays."""
+    to_value = getattr(value, "to_value", None)  # a Struct, or an array-shaped type (a manifest entry)
+    if to_value is not None:
+        return to_value()  # type: ignore[no-any-return]
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value  # type: ignore[return-value]
+
+
+_S = TypeVar("_S", bound="Struct")
+
+
+class Struct:
+    """Base of a frozen dataclass that is a CBOR map with text keys (every map of docs/FORMAT.md).
+
+    ``FIELDS`` maps each key, in order, to the check of its value (the dataclass field of the same
+    name holds the checked value); keys in ``OPTIONAL`` are absent when the field is None.
+    ``VERSION``, when set, is the value of a leading ``"v"`` key. The map is closed: a key not in
+    ``FIELDS`` is refused.
+    """
+
+    __slots__ = ()
+    FIELDS: ClassVar[Mapping[str, Check]]
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset()
+    VERSION: ClassVar[int | None] = None
+
+    def to_value(self) -> dict[str, Value]:
+        """The value to encode (``dcbor.encode`` gives its one encoding)."""
+        out: dict[str, Value] = {} if self.VERSION is None else {"v": self.VERSION}
+        for name in self.FIELDS:
+            value = getattr(self, name)
+            if value is not None or name not in self.OPTIONAL:
+                out[name] = _plain(value)
+        return out
+
+    @classmethod
+    def from_value(cls: type[_S], value: Value, where: str = "") -> _S:
+        """Check a decoded map, every field; ``where`` is its path (names the offending field).
+
+        Raises:
+            FormatError: a field is missing, unknown or of the wrong shape.
+        """
+        required = [name for name in cls.FIELDS if name not in cls.OPTIONAL]
+        if cls.VERSION is not None:
+            required.insert(0, "v")
+        body = fields(value, where, required, cls.OPTIONAL)
+        if cls.VERSION is not None:
+            version(body["v"], at(where, "v"), cls.VERSION)
+        return cls(**{name: check(body[name], at(where, name)) for name, check in cls.FIELDS.items()
+                      if name in body})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from asl_capture import dcbor
 from asl_capture.dcbor import Value
@@ -40,39 +41,24 @@ class BuildSource:
 
 
 @dataclass(frozen=True, slots=True)
-class TreeDigest:
+class TreeDigest(c.Struct):
     """``{"manifest", "paths"}``: the digest of a tree's manifest and how many paths it lists."""
 
     manifest: bytes
     paths: int
 
-    def to_value(self) -> dict[str, Value]:
-        return {"manifest": self.manifest, "paths": self.paths}
-
-    @classmethod
-    def from_value(cls, value: Value, where: str) -> TreeDigest:
-        body = c.fields(value, where, ("manifest", "paths"))
-        return cls(manifest=c.digest(body["manifest"], c.at(where, "manifest")),
-                   paths=c.uint(body["paths"], c.at(where, "paths")))
+    FIELDS: ClassVar[Mapping[str, c.Check]] = {"manifest": c.digest, "paths": c.uint}
 
 
 @dataclass(frozen=True, slots=True)
-class SystemTree:
+class SystemTree(c.Struct):
     """``{"manifest", "paths", "files"}``: the system tree's manifest digest, path and file counts."""
 
     manifest: bytes
     paths: int
     files: int
 
-    def to_value(self) -> dict[str, Value]:
-        return {"manifest": self.manifest, "paths": self.paths, "files": self.files}
-
-    @classmethod
-    def from_value(cls, value: Value, where: str) -> SystemTree:
-        body = c.fields(value, where, ("manifest", "paths", "files"))
-        return cls(manifest=c.digest(body["manifest"], c.at(where, "manifest")),
-                   paths=c.uint(body["paths"], c.at(where, "paths")),
-                   files=c.uint(body["files"], c.at(where, "files")))
+    FIELDS: ClassVar[Mapping[str, c.Check]] = {"manifest": c.digest, "paths": c.uint, "files": c.uint}
 
 
 def sources_digest(sources: tuple[BuildSource, ...]) -> bytes:
@@ -80,8 +66,17 @@ def sources_digest(sources: tuple[BuildSource, ...]) -> bytes:
     return hashlib.sha256(dcbor.encode([s.to_value() for s in sources])).digest()
 
 
+def _sources(value: Value, where: str) -> tuple[BuildSource, ...]:
+    """``[* [kind, path, sha256]]``, sorted and unique."""
+    sources: tuple[BuildSource, ...] = c.array_of(BuildSource.from_value)(value, where)
+    for i in range(1, len(sources)):
+        if sources[i] <= sources[i - 1]:
+            raise FormatError(c.index(where, i), "sources not sorted or repeated")
+    return sources
+
+
 @dataclass(frozen=True, slots=True)
-class BuildManifest:
+class BuildManifest(c.Struct):
     """What went into the image, by digest. ``sources`` are sorted and unique."""
 
     name: str
@@ -93,13 +88,15 @@ class BuildManifest:
     system: SystemTree
     files: Mapping[str, bytes]
 
+    VERSION: ClassVar[int | None] = BUILD_MANIFEST_VERSION
+    FIELDS: ClassVar[Mapping[str, c.Check]] = {
+        "name": c.text, "version": c.text, "source_date_epoch": c.integer, "kernel": c.text, "sources": _sources,
+        "overlay": TreeDigest.from_value, "system": SystemTree.from_value, "files": c.map_of(c.digest),
+    }
+
     def to_value(self) -> dict[str, Value]:
-        return {
-            "v": BUILD_MANIFEST_VERSION, "name": self.name, "version": self.version,
-            "source_date_epoch": self.source_date_epoch, "kernel": self.kernel,
-            "sources": [s.to_value() for s in self.sources], "sources_digest": sources_digest(self.sources),
-            "overlay": self.overlay.to_value(), "system": self.system.to_value(), "files": dict(self.files),
-        }
+        """The fields, and ``sources_digest`` computed from ``sources``."""
+        return {**c.Struct.to_value(self), "sources_digest": sources_digest(self.sources)}
 
     def to_cbor(self) -> bytes:
         """The deterministic CBOR of :meth:`to_value`: the bytes of ``/asl/build-manifest.cbor``."""
@@ -111,28 +108,20 @@ class BuildManifest:
         return f"sha256:{hashlib.sha256(self.to_cbor()).hexdigest()}"
 
     @classmethod
-    def from_value(cls, value: Value) -> BuildManifest:
-        """Check a decoded build manifest, including the order of ``sources`` and ``sources_digest``.
+    def from_value(cls, value: Value, where: str = "") -> BuildManifest:
+        """Check a decoded build manifest, including ``sources_digest`` against ``sources``.
 
         Raises:
             FormatError: names the offending field.
         """
-        body = c.fields(value, "", ("v", "name", "version", "source_date_epoch", "kernel", "sources",
-                                    "sources_digest", "overlay", "system", "files"))
-        c.version(body["v"], "v", BUILD_MANIFEST_VERSION)
-        sources = tuple(BuildSource.from_value(s, c.index("sources", i))
-                        for i, s in enumerate(c.array(body["sources"], "sources")))
-        for i in range(1, len(sources)):
-            if sources[i] <= sources[i - 1]:
-                raise FormatError(c.index("sources", i), "sources not sorted or repeated")
-        if c.digest(body["sources_digest"], "sources_digest") != sources_digest(sources):
-            raise FormatError("sources_digest", "is not the SHA-256 of the encoded sources")
-        files = {name: c.digest(d, c.at("files", name)) for name, d in c.mapping(body["files"], "files").items()}
-        return cls(name=c.text(body["name"], "name"), version=c.text(body["version"], "version"),
-                   source_date_epoch=c.integer(body["source_date_epoch"], "source_date_epoch"),
-                   kernel=c.text(body["kernel"], "kernel"), sources=sources,
-                   overlay=TreeDigest.from_value(body["overlay"], "overlay"),
-                   system=SystemTree.from_value(body["system"], "system"), files=files)
+        body = dict(c.mapping(value, where))
+        if "sources_digest" not in body:
+            raise FormatError(c.at(where, "sources_digest"), "missing")
+        digest = c.digest(body.pop("sources_digest"), c.at(where, "sources_digest"))
+        manifest = super(BuildManifest, cls).from_value(body, where)
+        if digest != sources_digest(manifest.sources):
+            raise FormatError(c.at(where, "sources_digest"), "is not the SHA-256 of the encoded sources")
+        return manifest
 
     @classmethod
     def from_cbor(cls, data: bytes) -> BuildManifest:

@@ -10,9 +10,9 @@ Building one from a directory is :func:`asl_capture.manifest.snapshot`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 from asl_capture import dcbor
 from asl_capture.dcbor import Value
@@ -75,17 +75,24 @@ class Entry(NamedTuple):
         return cls(path, kind, mode, size, extra)
 
 
-def _entries(value: Value, where: str, *, sorted_unique: bool) -> tuple[Entry, ...]:
-    entries = tuple(Entry.from_value(v, c.index(where, i)) for i, v in enumerate(c.array(value, where)))
-    if sorted_unique:
-        for i in range(1, len(entries)):
-            if entries[i].path <= entries[i - 1].path:
-                raise FormatError(c.index(where, i), "paths not sorted by their bytes or repeated")
+def _entries(value: Value, where: str) -> tuple[Entry, ...]:
+    """``[* entry]``, sorted by path, each path once."""
+    entries: tuple[Entry, ...] = c.array_of(Entry.from_value)(value, where)
+    for i in range(1, len(entries)):
+        if entries[i].path <= entries[i - 1].path:
+            raise FormatError(c.index(where, i), "paths not sorted by their bytes or repeated")
     return entries
 
 
-def _paths(value: Value, where: str) -> tuple[bytes, ...]:
-    return tuple(c.raw_path(v, c.index(where, i)) for i, v in enumerate(c.array(value, where)))
+_paths = c.array_of(c.raw_path)
+
+
+def _exclude(value: Value, where: str) -> tuple[str, ...]:
+    """``exclude``: the patterns a snapshot applied, at least one (the field is omitted when none)."""
+    patterns: tuple[str, ...] = c.array_of(c.text)(value, where)
+    if not patterns:
+        raise FormatError(where, "expected at least one pattern (omit the field when none applied)")
+    return patterns
 
 
 def _string(raw: bytes) -> bytes:
@@ -134,7 +141,7 @@ def _encode_entries(entries: Sequence[Entry]) -> list[bytes]:
 
 
 @dataclass(frozen=True)
-class Manifest:
+class Manifest(c.Struct):
     """An immutable tree manifest. ``encode()`` is deterministic; ``digest`` is its SHA-256."""
 
     roots: tuple[bytes, ...]
@@ -143,6 +150,10 @@ class Manifest:
     #: reader sees what a snapshot may have left out; empty (and then not encoded) when none applied.
     exclude: tuple[str, ...] = ()
     _encoded: list[bytes] = field(default_factory=list, repr=False, compare=False)
+
+    VERSION: ClassVar[int | None] = MANIFEST_VERSION
+    FIELDS: ClassVar[Mapping[str, c.Check]] = {"roots": _paths, "entries": _entries, "exclude": _exclude}
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"exclude"})
 
     def to_value(self) -> dict[str, Value]:
         value: dict[str, Value] = {"v": MANIFEST_VERSION, "roots": [c.as_text_or_bytes(r) for r in self.roots],
@@ -178,26 +189,8 @@ class Manifest:
         return sum(1 for e in self.entries if e.kind == "f")
 
     @classmethod
-    def from_value(cls, value: Value) -> Manifest:
-        """Check a decoded manifest: every entry, and the entries sorted by path, each path once.
-
-        Raises:
-            FormatError: names the offending field (``entries[7][4]: expected 32 bytes, found 3``).
-        """
-        body = c.fields(value, "", ("v", "roots", "entries"), ("exclude",))
-        c.version(body["v"], "v", MANIFEST_VERSION)
-        exclude: tuple[str, ...] = ()
-        if "exclude" in body:
-            patterns = c.array(body["exclude"], "exclude")
-            if not patterns:
-                raise FormatError("exclude", "expected at least one pattern (omit the field when none applied)")
-            exclude = tuple(c.text(p, c.index("exclude", i)) for i, p in enumerate(patterns))
-        return cls(roots=_paths(body["roots"], "roots"),
-                   entries=_entries(body["entries"], "entries", sorted_unique=True), exclude=exclude)
-
-    @classmethod
     def from_cbor(cls, data: bytes) -> Manifest:
-        """Decode and check an encoded manifest.
+        """Decode and check an encoded manifest: every entry, sorted by path, each path once.
 
         Raises:
             CborError: not deterministic CBOR, or (as :class:`FormatError`) not a version-1 manifest.
@@ -206,12 +199,15 @@ class Manifest:
 
 
 @dataclass(frozen=True, slots=True)
-class Changes:
+class Changes(c.Struct):
     """What differs between two manifests of the same roots."""
 
     created: tuple[Entry, ...]
     modified: tuple[Entry, ...]
     deleted: tuple[bytes, ...]
+
+    VERSION: ClassVar[int | None] = MANIFEST_VERSION
+    FIELDS: ClassVar[Mapping[str, c.Check]] = {"created": _entries, "modified": _entries, "deleted": _paths}
 
     def to_value(self) -> dict[str, Value]:
         return {
@@ -224,19 +220,6 @@ class Changes:
     def encode(self) -> bytes:
         """Deterministic CBOR ``{"v": 1, "created": [...], "modified": [...], "deleted": [...]}``."""
         return dcbor.encode(self.to_value())
-
-    @classmethod
-    def from_value(cls, value: Value) -> Changes:
-        """Check a decoded change list.
-
-        Raises:
-            FormatError: names the offending field.
-        """
-        body = c.fields(value, "", ("v", "created", "modified", "deleted"))
-        c.version(body["v"], "v", MANIFEST_VERSION)
-        return cls(created=_entries(body["created"], "created", sorted_unique=True),
-                   modified=_entries(body["modified"], "modified", sorted_unique=True),
-                   deleted=_paths(body["deleted"], "deleted"))
 
     @classmethod
     def from_cbor(cls, data: bytes) -> Changes:
