@@ -11,8 +11,8 @@ inode, size, mtime, ctime) and the byte count read equals its size. A file whose
 after it was listed is an error naming it (its listed size would not match its digest); one whose
 byte count alone disagrees (a change within one timestamp tick) is read again, a few times.
 
-The stat cache (``statcache.py``) is consulted by :meth:`Hasher.hash_many` and filled with what is
-read; its rules say when a digest may be reused.
+The walk (``scan.py``) looks files up in the stat cache (``statcache.py``); :meth:`Hasher.hash_files`
+reads the rest and fills the cache with what it read, under the cache's racy rule.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import os
 import stat
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 from asl_capture import safeio
 from asl_capture.errors import SnapshotError
-from asl_capture.statcache import Ident, StatCache, ident
+from asl_capture.statcache import Ident, StatCache
 
 BUFFER_SIZE = 1 << 20
 #: Snapshots shorter than this (seconds) never report progress.
@@ -92,16 +92,6 @@ def _hash(path: bytes, identity: Ident, buf: memoryview | None) -> tuple[bytes, 
     raise SnapshotError(f"{os.fsdecode(path)}: file changed while the tree was being snapshotted")
 
 
-def hash_file(path: bytes, st: os.stat_result) -> tuple[bytes, int]:
-    """SHA-256 of the regular file at ``path`` whose ``lstat`` was ``st``; also the ns time hashing began.
-
-    Raises:
-        SnapshotError: the file cannot be opened or read, was replaced, or kept changing.
-    """
-    started = time.time_ns()
-    return _hash(path, ident(st), None)[0], started
-
-
 def sha256_path(path: Path) -> bytes:
     """SHA-256 of a whole file, streamed (for single files outside a snapshot).
 
@@ -139,33 +129,6 @@ class Hasher:
         self.workers = workers or available_cpus()
         self.progress_after = PROGRESS_AFTER if progress_after is None else progress_after
 
-    def hash_many(
-        self,
-        files: Iterable[tuple[bytes, os.stat_result]],
-        *,
-        progress: Callable[[int], None] | None = None,
-    ) -> dict[bytes, bytes]:
-        """Digests of ``(path, lstat)`` pairs, by path, read from the cache where it proves them current.
-        ``progress(files done)`` is called now and then, only once hashing has taken longer than
-        ``progress_after`` seconds.
-
-        Raises:
-            SnapshotError: as :func:`hash_file`, for the first failing file.
-        """
-        lookup = self.cache.lookup
-        results: dict[bytes, bytes] = {}
-        todo: list[tuple[bytes, Ident]] = []
-        for path, st in files:
-            digest = lookup(path, st)
-            if digest is None:
-                todo.append((path, ident(st)))
-            else:
-                results[path] = digest
-        for (path, _identity), digest in zip(todo, self.hash_files(todo, progress=progress, done=len(results)),
-                                             strict=True):
-            results[path] = digest
-        return results
-
     def hash_files(
         self,
         todo: list[tuple[bytes, Ident]],
@@ -177,7 +140,7 @@ class Hasher:
         ``done`` is added to the counts passed to ``progress``.
 
         Raises:
-            SnapshotError: as :func:`hash_file`, for the first failing file.
+            SnapshotError: the first file that cannot be opened or read, was replaced, or kept changing.
         """
         if not todo:
             return []
@@ -196,7 +159,7 @@ class Hasher:
             digests = _hash_forked(ordered, self.workers, reporter)
         else:
             digests = _hash_serial(ordered, reporter)
-        store = self.cache.store_ident
+        store = self.cache.store
         out: list[bytes] = [b""] * len(todo)
         for i, (path, identity), digest in zip(order, ordered, digests, strict=True):
             out[i] = digest

@@ -2,9 +2,9 @@
 
 The walk uses ``os.scandir`` and ``lstat`` only and never follows a symlink. For every path it
 produces either a finished manifest row ``(label, kind, permission bits, size, extra)`` or, for a
-regular file the :class:`~asl_capture.statcache.StatCache` cannot vouch for, a *miss*
-``(label, absolute path, identity)`` left for the hasher. The cache rule is
-:meth:`StatCache.lookup`'s, inlined here because this loop runs once per path.
+regular file the :class:`~asl_capture.statcache.StatCache` cannot vouch for (by
+:func:`~asl_capture.statcache.cached_digest`), a *miss* ``(label, absolute path, identity)`` left
+for the hasher.
 
 This process lists the roots breadth-first until there are enough directories to share; then
 forked helpers (Linux, more than one core) and this process take whole subtrees from a pipe, and
@@ -43,7 +43,6 @@ _SHARE_PATHS = 2000
 #: At most this many tasks (groups of subtrees), so their indices fit in a pipe's buffer.
 _MAX_TASKS = 4096
 _TASK = struct.Struct("<I")
-_DIGEST_AT = statcache.IDENT.size
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CAN_SHARE = hasattr(os, "fork") and hasattr(os, "memfd_create")
 
@@ -113,7 +112,7 @@ class _Walk:
 
     def _children(self, dir_fd: int, directory: bytes, dir_label: bytes, pending: Callable[[Dir], None]) -> None:
         rows, add, miss = self.rows, self.rows.append, self.misses.append
-        get, pack = self.table.get, statcache.IDENT.pack
+        get, cached = self.table.get, statcache.cached_digest
         skip_abs, matches = self.skip.absolute, self.skip.matches
         fsencode = os.fsencode
         prefix = b"" if dir_label == b"." else dir_label + b"/"
@@ -135,15 +134,12 @@ class _Walk:
                     mode = st.st_mode
                     fmt = mode & _S_IFMT
                     if fmt == _S_IFREG:
-                        size = st.st_size
-                        c = get(abs_path)  # statcache.cached_digest(), inlined: this runs once per file
-                        if c is not None and c.startswith(pack(st.st_dev, st.st_ino, size, st.st_mtime_ns,
-                                                               st.st_ctime_ns, mode)):
-                            add((label, "f", mode & 0o7777, size, c[_DIGEST_AT:]))
+                        digest = cached(get(abs_path), st)
+                        if digest is not None:
+                            add((label, "f", mode & 0o7777, st.st_size, digest))
                             hits += 1
                         else:
-                            miss((label, abs_path, (st.st_dev, st.st_ino, size, st.st_mtime_ns, st.st_ctime_ns,
-                                                    mode)))
+                            miss((label, abs_path, statcache.ident(st)))
                     elif fmt == _S_IFDIR:
                         add((label, "d", mode & 0o7777, 0, None))
                         pending((abs_path, label, st.st_dev, st.st_ino))

@@ -1,8 +1,9 @@
 """The stat cache: path -> SHA-256, trusted only while the file's identity is unchanged.
 
 A record keeps the identity a file was hashed at (device, inode, size, mtime_ns, ctime_ns, mode)
-and its digest. A walker serves the digest only when the file's ``lstat`` has exactly that
-identity, so a file that was rewritten, replaced or re-permissioned is read again.
+and its digest. :func:`cached_digest`, the one hit rule, serves the digest only when the file's
+``lstat`` has exactly that identity, so a file that was rewritten, replaced or re-permissioned is
+read again.
 
 Git's "racily clean" rule is applied when a digest is stored: a file whose mtime or ctime is not
 older than the moment hashing began by more than :data:`RACY_NS` could still change within the
@@ -68,23 +69,11 @@ class StatCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def lookup(self, path: bytes, st: os.stat_result) -> bytes | None:
-        """The cached digest of ``path`` if ``st`` proves it unchanged since a non-racy hash."""
-        digest = cached_digest(self._entries.get(path), st)
-        if digest is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return digest
-
-    def store(self, path: bytes, st: os.stat_result, digest: bytes, hashed_at: int) -> None:
-        """Remember the digest of ``path`` whose stat was ``st`` when hashing began at ``hashed_at`` (ns)."""
-        self.store_ident(path, ident(st), digest, hashed_at)
-
-    def store_ident(self, path: bytes, identity: Ident, digest: bytes, hashed_at: int) -> None:
-        """As :meth:`store`, from an :data:`Ident`. The racy rule is applied here: a file whose mtime
-        or ctime is not older than ``hashed_at`` by :data:`RACY_NS` could change again within the
-        same timestamp, so its digest is not kept (and an older entry for the path is dropped)."""
+    def store(self, path: bytes, identity: Ident, digest: bytes, hashed_at: int) -> None:
+        """Remember the digest of ``path``, whose identity was ``identity`` when hashing began at
+        ``hashed_at`` (ns). The racy rule is applied here: a file whose mtime or ctime is not older
+        than ``hashed_at`` by :data:`RACY_NS` could change again within the same timestamp, so its
+        digest is not kept (and an older entry for the path is dropped)."""
         entries = self._entries
         old = entries.pop(path, None)  # re-inserted last: the dict's order is the order of storing
         if max(identity[3], identity[4]) + RACY_NS < hashed_at:
@@ -97,7 +86,7 @@ class StatCache:
 
     @property
     def table(self) -> dict[bytes, CacheRecord]:
-        """The records, for a walker that inlines :func:`cached_digest`; do not modify."""
+        """The records by path, for :func:`cached_digest`; do not modify."""
         return self._entries
 
     @classmethod

@@ -160,22 +160,6 @@ def array(value: Value, where: str) -> list[Value]:
     return value
 
 
-def optional_text(body: dict[str, Value], name: str, where: str) -> str | None:
-    """An optional text field of ``body``: its value, or None when absent."""
-    return text(body[name], at(where, name)) if name in body else None
-
-
-def optional_uint(body: dict[str, Value], name: str, where: str) -> int | None:
-    """An optional uint field of ``body``: its value, or None when absent."""
-    return uint(body[name], at(where, name)) if name in body else None
-
-
-def put(out: dict[str, Value], name: str, value: Value) -> None:
-    """Set an optional field in a ``to_value`` result: absent when ``value`` is None."""
-    if value is not None:
-        out[name] = value
-
-
 def as_text_or_bytes(raw: bytes) -> str | bytes:
     """Raw bytes as recorded: text when valid UTF-8, else bytes (the inverse of the check above)."""
     try:

@@ -193,11 +193,6 @@ class StepRecord(c.Struct):
         """This record placed in a chain: ``chain``, ``seq`` and ``prev`` replaced."""
         return dataclasses.replace(self, chain=chain, seq=seq, prev=prev)
 
-    def object_digests(self) -> list[bytes]:
-        """Every object this record references (manifests, change list, logs, attachments), in field order."""
-        return [self.inputs.manifest, self.outputs.manifest, self.outputs.before, self.outputs.changes,
-                self.stdout.digest, self.stderr.digest, *(a.digest for a in self.attached or ())]
-
     def to_cbor(self) -> bytes:
         """The deterministic CBOR of :meth:`to_value` (the payload that is signed)."""
         return dcbor.encode(self.to_value())

@@ -15,7 +15,7 @@ import pytest
 
 from asl_capture import dcbor, manifest, statcache
 from asl_capture.errors import SnapshotError
-from asl_capture.hashing import BUFFER_SIZE, Hasher, hash_file
+from asl_capture.hashing import BUFFER_SIZE, Hasher
 from asl_capture.statcache import StatCache
 from tests.conftest import run_without_dac
 
@@ -29,7 +29,14 @@ def _lstat(path: Path) -> os.stat_result:
 
 
 def _hash_one(cache: StatCache, path: Path) -> bytes:
-    return Hasher(cache=cache, workers=1).hash_many([(os.fsencode(path), _lstat(path))])[os.fsencode(path)]
+    """The digest a snapshot records for ``path`` (from the cache when it may serve it)."""
+    [entry] = manifest.snapshot([path], base=path.parent, hasher=Hasher(cache=cache, workers=1)).entries
+    assert isinstance(entry.extra, bytes)
+    return entry.extra
+
+
+def _lookup(cache: StatCache, path: bytes, st: os.stat_result) -> bytes | None:
+    return statcache.cached_digest(cache.table.get(path), st)
 
 
 @pytest.fixture
@@ -99,10 +106,10 @@ def test_file_modified_within_racy_window_is_rehashed(tmp_path: Path) -> None:
     path = os.fsencode(f)
     now = _lstat(f)
     stale = hashlib.sha256(b"stale").digest()
-    cache.store(path, now, stale, max(now.st_mtime_ns, now.st_ctime_ns) + 1)
-    assert cache.lookup(path, now) is None
-    cache.store(path, now, stale, max(now.st_mtime_ns, now.st_ctime_ns) + statcache.RACY_NS + 1)
-    assert cache.lookup(path, now) == stale  # the same entry, hashed after the window, is trusted
+    cache.store(path, statcache.ident(now), stale, max(now.st_mtime_ns, now.st_ctime_ns) + 1)
+    assert _lookup(cache, path, now) is None
+    cache.store(path, statcache.ident(now), stale, max(now.st_mtime_ns, now.st_ctime_ns) + statcache.RACY_NS + 1)
+    assert _lookup(cache, path, now) == stale  # the same entry, hashed after the window, is trusted
 
 
 def test_parallel_digests_equal_hashlib(tmp_path: Path) -> None:
@@ -116,8 +123,8 @@ def test_parallel_digests_equal_hashlib(tmp_path: Path) -> None:
         p.write_bytes(os.urandom(size))
         paths.append(p)
     for workers in (1, 2, 4):
-        got = Hasher(workers=workers).hash_many([(os.fsencode(p), _lstat(p)) for p in paths])
-        assert got == {os.fsencode(p): _sha(p) for p in paths}
+        got = Hasher(workers=workers).hash_files([(os.fsencode(p), statcache.ident(_lstat(p))) for p in paths])
+        assert got == [_sha(p) for p in paths]
     # and through a whole snapshot, whose manifest encoding equals the generic deterministic encoder's
     m = manifest.snapshot([tmp_path], base=tmp_path, hasher=Hasher(workers=2))
     by_path = m.by_path()
@@ -143,7 +150,7 @@ def test_file_changing_while_hashed_is_an_error_or_a_consistent_digest(tmp_path:
     try:
         time.sleep(0.01)
         with pytest.raises(SnapshotError, match=r"growing\.log"):
-            hash_file(os.fsencode(f), st)
+            Hasher(workers=1).hash_files([(os.fsencode(f), statcache.ident(st))])
     finally:
         stop.set()
         thread.join()
@@ -153,11 +160,11 @@ def test_file_appended_after_listing_fails_in_the_parallel_path(tmp_path: Path) 
     paths = [tmp_path / f"f{i}" for i in range(200)]
     for p in paths:
         p.write_bytes(b"x" * 100)
-    items = [(os.fsencode(p), _lstat(p)) for p in paths]
+    items = [(os.fsencode(p), statcache.ident(_lstat(p))) for p in paths]
     with open(paths[150], "ab") as handle:
         handle.write(b"more")
     with pytest.raises(SnapshotError, match=r"f150: file changed"):
-        Hasher(workers=2).hash_many(items)
+        Hasher(workers=2).hash_files(items)
 
 
 def _unreadable_snapshot(tree: Path) -> subprocess.CompletedProcess[str]:
@@ -189,11 +196,11 @@ def test_progress_only_for_long_snapshots(tmp_path: Path) -> None:
     paths = [tmp_path / f"f{i}" for i in range(300)]
     for p in paths:
         p.write_bytes(b"y" * 1000)
-    items = [(os.fsencode(p), _lstat(p)) for p in paths]
+    items = [(os.fsencode(p), statcache.ident(_lstat(p))) for p in paths]
     calls: list[int] = []
-    Hasher(workers=2).hash_many(items, progress=calls.append)
+    Hasher(workers=2).hash_files(items, progress=calls.append)
     assert calls == []  # well under a second
-    Hasher(workers=1, progress_after=0.0).hash_many(items, progress=calls.append)
+    Hasher(workers=1, progress_after=0.0).hash_files(items, progress=calls.append)
     assert calls and all(0 <= n <= len(paths) for n in calls)
 
 
@@ -251,11 +258,11 @@ def test_parallel_hashing_without_helpers_falls_back_to_one_process(tmp_path: Pa
     paths = [tmp_path / f"f{i}" for i in range(300)]
     for p in paths:
         p.write_bytes(os.urandom(500))
-    items = [(os.fsencode(p), _lstat(p)) for p in paths]
+    items = [(os.fsencode(p), statcache.ident(_lstat(p))) for p in paths]
 
     def refuse(*_args: object) -> None:
         raise OSError(11, "Resource temporarily unavailable")
 
     monkeypatch.setattr(os, call, refuse)
-    got = Hasher(workers=2).hash_many(items)
-    assert got == {os.fsencode(p): _sha(p) for p in paths}
+    got = Hasher(workers=2).hash_files(items)
+    assert got == [_sha(p) for p in paths]

@@ -17,6 +17,10 @@ def _sha(path: Path) -> bytes:
     return hashlib.sha256(path.read_bytes()).digest()
 
 
+def lookup(cache: StatCache, path: bytes, st: os.stat_result) -> bytes | None:
+    return statcache.cached_digest(cache.table.get(path), st)
+
+
 @pytest.fixture
 def no_racy_window(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(statcache, "RACY_NS", 0)
@@ -29,13 +33,13 @@ def test_cache_round_trips_and_corrupt_files_are_ignored(tmp_path: Path) -> None
         f.write_bytes(os.urandom(i))
         os.utime(f, ns=(1_000_000_000, 1_000_000_000))
     cache = StatCache()
-    Hasher(cache=cache, workers=1).hash_many((os.fsencode(f), os.lstat(f)) for f in files)
+    Hasher(cache=cache, workers=1).hash_files([(os.fsencode(f), statcache.ident(os.lstat(f))) for f in files])
     store = tmp_path / "statcache"
     cache.save(store)
     loaded = StatCache.load(store)
     assert len(loaded) == 50
     for f in files:
-        assert loaded.lookup(os.fsencode(f), os.lstat(f)) == _sha(f)
+        assert lookup(loaded, os.fsencode(f), os.lstat(f)) == _sha(f)
     good = store.read_bytes()
     assert good.startswith(b"ASLSTAT4")
     for bad in (good[: len(good) // 2], good[:-1], good[:10], b"", b"garbage" * 100,
@@ -52,10 +56,10 @@ def test_a_digest_taken_within_the_racy_window_is_not_kept_and_drops_the_old_one
     path = os.fsencode(f)
     newest = max(st.st_mtime_ns, st.st_ctime_ns)
     cache = StatCache()
-    cache.store(path, st, b"\x01" * 32, newest + statcache.RACY_NS + 1)
-    assert cache.lookup(path, st) == b"\x01" * 32
-    cache.store(path, st, b"\x02" * 32, newest + statcache.RACY_NS)  # exactly at the window's edge
-    assert len(cache) == 0 and cache.lookup(path, st) is None
+    cache.store(path, statcache.ident(st), b"\x01" * 32, newest + statcache.RACY_NS + 1)
+    assert lookup(cache, path, st) == b"\x01" * 32
+    cache.store(path, statcache.ident(st), b"\x02" * 32, newest + statcache.RACY_NS)  # exactly at the window's edge
+    assert len(cache) == 0 and lookup(cache, path, st) is None
 
 
 def test_any_identity_field_that_differs_is_a_miss(tmp_path: Path) -> None:
@@ -63,14 +67,14 @@ def test_any_identity_field_that_differs_is_a_miss(tmp_path: Path) -> None:
     f.write_bytes(b"x")
     st = os.lstat(f)
     cache = StatCache()
-    cache.store(b"p", st, b"\x03" * 32, 2**62)
-    assert cache.lookup(b"p", st) == b"\x03" * 32
+    cache.store(b"p", statcache.ident(st), b"\x03" * 32, 2**62)
+    assert lookup(cache, b"p", st) == b"\x03" * 32
     for field in range(6):  # dev, ino, size, mtime_ns, ctime_ns, mode
         fields = list(statcache.ident(st))
         fields[field] += 1
         cache._entries[b"p"] = statcache.IDENT.pack(*fields) + b"\x03" * 32
-        assert cache.lookup(b"p", st) is None, field
-    assert cache.lookup(b"other", st) is None
+        assert lookup(cache, b"p", st) is None, field
+    assert lookup(cache, b"other", st) is None
 
 
 def test_save_is_atomic_and_only_when_changed(tmp_path: Path) -> None:
@@ -78,14 +82,14 @@ def test_save_is_atomic_and_only_when_changed(tmp_path: Path) -> None:
     cache = StatCache()
     cache.save(store)
     assert not store.exists()  # nothing changed: nothing written
-    cache.store(b"p", os.lstat(tmp_path), b"\x04" * 32, 2**62)
+    cache.store(b"p", statcache.ident(os.lstat(tmp_path)), b"\x04" * 32, 2**62)
     cache.save(store)
     assert StatCache.load(store).table == cache.table
     assert sorted(p.name for p in tmp_path.iterdir()) == ["statcache"]  # no temporary file left
     (tmp_path / "ro").mkdir()
     (tmp_path / "ro").chmod(0o500)
     try:
-        cache.store(b"q", os.lstat(tmp_path), b"\x05" * 32, 2**62)
+        cache.store(b"q", statcache.ident(os.lstat(tmp_path)), b"\x05" * 32, 2**62)
         cache.save(tmp_path / "ro" / "statcache")  # an unwritable directory is not an error
         assert cache.dirty or os.geteuid() == 0
     finally:
@@ -95,7 +99,7 @@ def test_save_is_atomic_and_only_when_changed(tmp_path: Path) -> None:
 def _filled(n: int, start: int = 0) -> StatCache:
     cache = StatCache()
     for i in range(start, start + n):
-        cache.store_ident(b"/tree/file-%07d" % i, (1, i + 1, 10, 1, 1, 0o100644), bytes([i % 256]) * 32, 2**62)
+        cache.store(b"/tree/file-%07d" % i, (1, i + 1, 10, 1, 1, 0o100644), bytes([i % 256]) * 32, 2**62)
     return cache
 
 
@@ -106,8 +110,8 @@ def test_a_save_appends_only_what_changed_and_loads_back_the_same(tmp_path: Path
     cache.save(store)
     base = store.stat()
     loaded = StatCache.load(store)
-    loaded.store_ident(b"/tree/new", (1, 999_999, 3, 1, 1, 0o100644), b"\x09" * 32, 2**62)
-    loaded.store_ident(b"/tree/file-0000003", (1, 4, 10, 1, 1, 0o100644), b"\x08" * 32, 0)  # racy: dropped
+    loaded.store(b"/tree/new", (1, 999_999, 3, 1, 1, 0o100644), b"\x09" * 32, 2**62)
+    loaded.store(b"/tree/file-0000003", (1, 4, 10, 1, 1, 0o100644), b"\x08" * 32, 0)  # racy: dropped
     loaded.save(store)
     after = store.stat()
     assert (after.st_ino, after.st_mtime_ns, after.st_size) == (base.st_ino, base.st_mtime_ns, base.st_size)
@@ -123,7 +127,7 @@ def test_a_damaged_journal_segment_ends_the_journal_not_the_cache(tmp_path: Path
     _filled(100).save(store)
     for i in range(3):
         cache = StatCache.load(store)
-        cache.store_ident(b"/extra/%d" % i, (1, 5000 + i, 1, 1, 1, 0o100644), b"\x07" * 32, 2**62)
+        cache.store(b"/extra/%d" % i, (1, 5000 + i, 1, 1, 1, 0o100644), b"\x07" * 32, 2**62)
         cache.save(store)
     journal = tmp_path / "statcache.log"
     data = journal.read_bytes()
@@ -138,7 +142,7 @@ def test_the_journal_is_folded_into_a_new_base_once_it_is_as_large(tmp_path: Pat
     for round_ in range(30):
         cache = StatCache.load(store)
         for i in range(10):
-            cache.store_ident(b"/more/%d/%d" % (round_, i), (1, 10_000 + round_ * 10 + i, 1, 1, 1, 0o100644),
+            cache.store(b"/more/%d/%d" % (round_, i), (1, 10_000 + round_ * 10 + i, 1, 1, 1, 0o100644),
                               b"\x06" * 32, 2**62)
         cache.save(store)
         journal = tmp_path / "statcache.log"
