@@ -1,4 +1,4 @@
-"""Strict verification of a provenance chain (DESIGN.md section 4, the checks that apply to a chain).
+"""Strict verification of a provenance chain: the checks of docs/FORMAT.md section 9.
 
 Checks, in order, each logged as one numbered line: 1 decode, 2 signature (by a trusted key id),
 3 payload (the record schema, decoded only after its signature held), 4 linkage (chain id, seq,

@@ -12,7 +12,7 @@ def ensure_std_fds() -> None:
 
     Otherwise the first file a tool opens takes that number: a capture run with ``>&-`` would
     write its log into its own temporary object, and messages meant for stderr would land in a
-    file. Called first by every console entry point.
+    file. Called first by every console entry point (in :func:`asl_capture.cli.run._run`).
     """
     for fd in (0, 1, 2):
         try:

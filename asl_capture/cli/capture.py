@@ -9,9 +9,8 @@ from pathlib import Path
 import click
 
 from asl_capture.capture import CaptureConfig, capture
-from asl_capture.cli import ensure_std_fds
-from asl_capture.cli.run import CONTEXT, version_option
-from asl_capture.cli.run import main as run_main
+from asl_capture.cli.run import command
+from asl_capture.errors import UsageError
 
 HELP_EPILOG = """\b
 Exit status: the command's own exit code; 128+N when signal N ended it; 127 when it
@@ -28,8 +27,7 @@ captures nested in it sign, while it runs); never the key's path or passphrase.
 """
 
 
-@click.command(context_settings={**CONTEXT, "allow_interspersed_args": False}, epilog=HELP_EPILOG)
-@version_option()
+@command(epilog=HELP_EPILOG, allow_interspersed_args=False)
 @click.option("--step", help="Step name (default: the command's basename).")
 @click.option("--provenance", type=click.Path(path_type=Path),
               help="Provenance directory (default: $ASL_CAPTURE_DIR, else ./provenance).")
@@ -60,9 +58,8 @@ def cli(step: str | None, provenance: Path | None, key: Path | None, passphrase_
     try:
         cwd = Path(os.getcwd())
     except OSError as exc:
-        click.echo(f"UsageError: the working directory cannot be used ({exc.strerror}; was it deleted?); "
-                   f"the command was not run", err=True)
-        sys.exit(2)
+        raise UsageError(f"the working directory cannot be used ({exc.strerror}; was it deleted?); "
+                         f"the command was not run") from None
     config = CaptureConfig(
         argv=command, environ=dict(os.environ), cwd=cwd, step=step, provenance=provenance, key=key,
         passphrase_file=passphrase_file, ephemeral_key=ephemeral_key, inputs=inputs, outputs=outputs,
@@ -84,8 +81,7 @@ def cli(step: str | None, provenance: Path | None, key: Path | None, passphrase_
 
 def main() -> None:
     """Console entry point."""
-    ensure_std_fds()
-    run_main(cli, prog_name="asl-capture")
+    cli.main(prog_name="asl-capture")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,7 @@ from pathlib import Path
 import click
 
 from asl_capture.chain import repair
-from asl_capture.cli import ensure_std_fds
 from asl_capture.cli.run import group, subcommand
-from asl_capture.cli.run import main as run_main
 from asl_capture.keys import load_signer, read_passphrase
 from asl_capture.store import ProvenanceDir
 
@@ -50,8 +48,7 @@ def repair_cmd(directory: Path, key: Path | None, passphrase_file: Path | None) 
 
 def main() -> None:
     """Console entry point."""
-    ensure_std_fds()
-    run_main(cli, prog_name="asl-chain")
+    cli.main(prog_name="asl-chain")
 
 
 if __name__ == "__main__":

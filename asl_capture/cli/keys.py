@@ -7,9 +7,7 @@ from pathlib import Path
 
 import click
 
-from asl_capture.cli import ensure_std_fds
 from asl_capture.cli.run import group, subcommand
-from asl_capture.cli.run import main as run_main
 from asl_capture.keys import file_key_id, generate, read_passphrase
 
 EPILOG = "\b\nExit status: 0 success, 2 usage error, unusable key file or wrong passphrase."
@@ -79,8 +77,7 @@ def export_cmd(file: Path, fmt: str, out: Path | None, passphrase_file: Path | N
 
 def main() -> None:
     """Console entry point."""
-    ensure_std_fds()
-    run_main(cli, prog_name="asl-keys")
+    cli.main(prog_name="asl-keys")
 
 
 if __name__ == "__main__":

@@ -12,9 +12,7 @@ from typing import Any
 
 import click
 
-from asl_capture.cli import ensure_std_fds
 from asl_capture.cli.run import group, subcommand
-from asl_capture.cli.run import main as run_main
 from asl_capture.errors import AslError, VerificationError
 from asl_capture.keys import load_trust
 from asl_capture.verify import CHECKS, ChainReport, StepNode, verify_chain
@@ -24,7 +22,7 @@ EPILOG = "\b\nExit status: 0 verified, 1 verification failed, 2 usage error or u
 JSON_SCHEMAS = {"chain": "asl-verify/chain/1"}
 
 
-@group(epilog=EPILOG)
+@group(epilog=EPILOG, json_schemas=JSON_SCHEMAS)
 def cli() -> None:
     """Verify asl-capture provenance offline."""
 
@@ -163,8 +161,7 @@ _register()
 
 def main() -> None:
     """Console entry point."""
-    ensure_std_fds()
-    run_main(cli, prog_name="asl-verify", json_schemas=JSON_SCHEMAS)
+    cli.main(prog_name="asl-verify")
 
 
 if __name__ == "__main__":

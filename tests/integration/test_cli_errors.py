@@ -9,7 +9,6 @@ import os
 import tomllib
 from pathlib import Path
 
-import click
 import pytest
 
 from asl_capture import __version__
@@ -27,7 +26,7 @@ def test_every_console_script_goes_through_the_one_wrapper() -> None:
     for name, target in scripts.items():
         module_name, _, func = target.partition(":")
         module = importlib.import_module(module_name)
-        assert func == "main" and "run_main" in getattr(module, func).__code__.co_names, name
+        assert func == "main" and isinstance(module.cli, run.ToolCommand | run.ToolGroup), name
 
 
 @pytest.mark.parametrize("args", [
@@ -45,23 +44,23 @@ def test_version_on_every_command(args: tuple[str, ...], cli_env: dict[str, str]
     (RecordWriteError("late"), 125),
 ])
 def test_exit_code_comes_from_the_error_class(error: AslError, code: int, capsys: pytest.CaptureFixture[str]) -> None:
-    @click.command()
+    @run.command(epilog="")
     def failing() -> None:
         raise error
 
     with pytest.raises(SystemExit) as info:
-        run.main(failing, prog_name="t", args=[])
+        failing.main([], prog_name="t")
     assert info.value.code == code == error.exit_code
     assert capsys.readouterr().err == f"{type(error).__name__}: {error}\n"
 
 
 def test_returned_code_is_the_exit_code() -> None:
-    @click.command()
+    @run.command(epilog="")
     def seven() -> int:
         return 7
 
     with pytest.raises(SystemExit) as info:
-        run.main(seven, prog_name="t", args=[])
+        seven.main([], prog_name="t")
     assert info.value.code == 7
 
 
