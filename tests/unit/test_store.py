@@ -169,7 +169,7 @@ def test_existing_missing_or_not_a_directory(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no such provenance directory"):
         ProvenanceDir.existing(tmp_path / "missing")
     (tmp_path / "f").write_bytes(b"")
-    with pytest.raises(StoreError, match="f: is a file, not a provenance directory$"):
+    with pytest.raises(StoreError, match=r"f: is a file, not a provenance directory$"):
         ProvenanceDir.existing(tmp_path / "f")
     (tmp_path / "d" / "chain.cbor").mkdir(parents=True)
     with pytest.raises(StoreError, match=r"no chain\.cbor"):
