@@ -8,11 +8,6 @@ ISOROOT=$WORK/isoroot
 ISOFS=$WORK/isofs
 INITRD=$WORK/initramfs
 META=$WORK/rootfs-meta
-ISO=$OUT/$ISO_NAME
-for d in "$ISOROOT" "$WORK/bootloader" "$WORK/overlay-staged"; do
-    [ -d "$d" ] || die "$d missing: run the earlier steps first"
-done
-[ -f "$META/sources.jsonl" ] || die "$META/sources.jsonl missing: run the rootfs step first"
 KVER=$(kernel_release "$ISOROOT")
 SQUASHFS_COMP=zstd
 rm -rf "$ISOFS" "$INITRD" "$ISO" "$WORK/iso-contents.cbor"

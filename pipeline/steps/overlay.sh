@@ -5,7 +5,6 @@
 # root. Also writes out/work/overlay-staged (the overlay with normalised modes, digested in the build manifest).
 ASL_STEP_NAME=overlay
 . pipeline/steps/common.sh
-[ -d "$WORK/rootfs" ] || die "$WORK/rootfs missing: run the rootfs step first"
 exec "$ASL_PY" pipeline/tools/overlay.py \
     --rootfs "$WORK/rootfs" --overlay "${ASL_OVERLAY_DIR:-$IMG_PATHS_OVERLAY}" \
     --staged "$WORK/overlay-staged" --out "$WORK/isoroot" \
