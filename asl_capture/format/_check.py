@@ -230,6 +230,9 @@ class Struct:
     FIELDS: ClassVar[Mapping[str, Check]]
     OPTIONAL: ClassVar[frozenset[str]] = frozenset()
     VERSION: ClassVar[int | None] = None
+    _required: ClassVar[tuple[str, ...]] = ()
+    _required_set: ClassVar[frozenset[str]] = frozenset()
+    _allowed: ClassVar[frozenset[str]] = frozenset()
 
     def to_value(self) -> dict[str, Value]:
         """The value to encode (``dcbor.encode`` gives its one encoding)."""
@@ -247,11 +250,20 @@ class Struct:
         Raises:
             FormatError: a field is missing, unknown or of the wrong shape.
         """
-        required = [name for name in cls.FIELDS if name not in cls.OPTIONAL]
+        body = mapping(value, where)
+        keys = body.keys()
+        if not (keys >= cls._required_set and keys <= cls._allowed):
+            fields(body, where, cls._required, cls.OPTIONAL)  # raises, naming the field
+        prefix = f"{where}." if where else ""
         if cls.VERSION is not None:
-            required.insert(0, "v")
-        body = fields(value, where, required, cls.OPTIONAL)
-        if cls.VERSION is not None:
-            version(body["v"], at(where, "v"), cls.VERSION)
-        return cls(**{name: check(body[name], at(where, name)) for name, check in cls.FIELDS.items()
-                      if name in body})
+            version(body["v"], prefix + "v", cls.VERSION)
+        return cls(**{name: check(body[name], prefix + name) for name, check in cls.FIELDS.items() if name in keys})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Derive, once per type, the keys :meth:`from_value` requires and allows."""
+        super().__init_subclass__(**kwargs)
+        if hasattr(cls, "FIELDS"):
+            head = ("v",) if cls.VERSION is not None else ()
+            cls._required = head + tuple(name for name in cls.FIELDS if name not in cls.OPTIONAL)
+            cls._required_set = frozenset(cls._required)
+            cls._allowed = cls._required_set | cls.OPTIONAL
