@@ -24,6 +24,7 @@ from pathlib import Path
 
 from asl_capture import __version__
 from asl_capture.errors import AslError
+from asl_capture.hashing import sha256_path
 
 #: What the pipeline runs on the host, by tool, as the Debian packages that provide it. A tuple of
 #: alternatives is a choice: the first one installed is recorded.
@@ -100,11 +101,7 @@ def files_digest(paths: Sequence[Path]) -> str:
             continue
         if not stat.S_ISREG(st.st_mode):
             continue
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        outer.update(f"{h.hexdigest()}  ".encode() + os.fsencode(path) + b"\n")
+        outer.update(f"{sha256_path(path).hex()}  ".encode() + os.fsencode(path) + b"\n")
     return outer.hexdigest()
 
 

@@ -17,6 +17,7 @@ reads the rest and fills the cache with what it read, under the cache's racy rul
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import mmap
 import os
@@ -93,16 +94,23 @@ def _hash(path: bytes, identity: Ident, buf: memoryview | None) -> tuple[bytes, 
 
 
 def sha256_path(path: Path) -> bytes:
-    """SHA-256 of a whole file, streamed (for single files outside a snapshot).
+    """SHA-256 of one regular file, streamed, opened without following a final symlink (for single
+    files outside a snapshot; a snapshot's files go through :class:`Hasher`).
 
     Raises:
-        OSError: the file cannot be read.
+        OSError: the file cannot be opened or read, or is not a regular file (``EINVAL``).
     """
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(BUFFER_SIZE):
-            h.update(chunk)
-    return h.digest()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        h = hashlib.sha256()
+        buf = memoryview(bytearray(BUFFER_SIZE))
+        while n := os.readv(fd, [buf]):
+            h.update(buf[:n])
+        return h.digest()
+    finally:
+        os.close(fd)
 
 
 def _chunks(items: list[tuple[bytes, Ident]]) -> list[tuple[int, int]]:

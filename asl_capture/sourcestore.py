@@ -13,14 +13,13 @@ installed).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from asl_capture.errors import AslError
+from asl_capture.hashing import sha256_path
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _BUF = 1 << 20
@@ -43,18 +42,9 @@ def file_sha256(path: Path) -> str:
         SourceStoreError: not a regular file, or unreadable.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        return sha256_path(path).hex()
     except OSError as exc:
-        raise SourceStoreError(f"{path}: cannot open: {exc.strerror}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise SourceStoreError(f"{path}: not a regular file")
-        h = hashlib.sha256()
-        while chunk := os.read(fd, _BUF):
-            h.update(chunk)
-        return h.hexdigest()
-    finally:
-        os.close(fd)
+        raise SourceStoreError(f"{path}: cannot open or read: {exc.strerror}") from None
 
 
 def check_digest(digest: str) -> str:

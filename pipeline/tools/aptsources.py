@@ -25,7 +25,6 @@ Errors: one line on stderr, exit status 2 (bad configuration) or 1 (a digest doe
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -155,11 +154,9 @@ def mirror_lines(suites: list[str], components: list[str], mirror: str | None,
 
 
 def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    from asl_capture.hashing import sha256_path  # PYTHONPATH = the repository (rootfs.sh), as for sourcestore
+
+    return sha256_path(path).hex()
 
 
 def _stanzas(text: str) -> list[dict[str, str]]:
@@ -295,12 +292,12 @@ def pinned(root: Path, archives: Path, *, store: Path | None = None, cache: Path
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         for digest in sorted(r["sha256"] for r in found.values()):
-            deb = cached.get(digest)
-            if deb is None:
+            kept_deb = cached.get(digest)
+            if kept_deb is None:
                 continue
-            dest = cache / deb.name
+            dest = cache / kept_deb.name
             if not dest.is_file() or _sha256_file(dest) != digest:
-                _copy_atomic(deb, dest)
+                _copy_atomic(kept_deb, dest)
     unique: dict[str, dict[str, str]] = {}
     for r in records:
         unique.setdefault(r["uri"], r)
