@@ -11,7 +11,6 @@ the record and the check; success returns a :class:`ChainReport`.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +19,11 @@ from typing import TYPE_CHECKING
 from asl_capture import chain, cose, dcbor, safeio
 from asl_capture.errors import CborError, ChainError, StoreError, VerificationError
 from asl_capture.format import CHECKPOINT_CONTENT_TYPE, STEP_CONTENT_TYPE, Changes, Checkpoint, Manifest, StepRecord
-from asl_capture.hashing import available_cpus
 from asl_capture.store import ObjectStore, ProvenanceDir
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-_PARALLEL_MIN_RECORDS = 1000
 CHECKS = ("decode", "signature", "payload", "linkage", "objects", "status")
 
 
@@ -202,61 +199,11 @@ def _check_one(index: int, msg: cose.Sign1, trusted: dict[bytes, Ed25519PublicKe
         raise VerificationError(problem, check="signature", record=index)
 
 
-def _first_bad(messages: list[cose.Sign1], start: int, trusted: dict[bytes, Ed25519PublicKey]) -> int | None:
-    for index in range(start, len(messages)):
-        try:
-            _check_one(index, messages[index], trusted)
-        except VerificationError:
-            return index
-    return None
-
-
 def _check_signatures(messages: list[cose.Sign1], trusted: dict[bytes, Ed25519PublicKey]) -> None:
-    """Verify every signature, raising for the earliest bad one.
-
-    Ed25519 verification holds the GIL, so a long chain is split with one forked helper process per
-    extra core; a helper reports only the index of its first failure, which is then checked again
-    here to raise the exact error.
-    """
-    workers = min(available_cpus(), len(messages) // _PARALLEL_MIN_RECORDS)
-    if workers < 2 or not hasattr(os, "fork"):
-        for index, msg in enumerate(messages):
-            _check_one(index, msg, trusted)
-        return
-    bounds = [len(messages) * w // workers for w in range(workers + 1)]
-    helpers: list[tuple[int, int, int]] = []
-    for w in range(1, workers):
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the helper
-            code = 1
-            try:
-                os.close(read_fd)
-                bad = _first_bad(messages[: bounds[w + 1]], bounds[w], trusted)
-                os.write(write_fd, b"ok" if bad is None else str(bad).encode())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(write_fd)
-        helpers.append((pid, read_fd, w))
-    failures: list[int] = []
-    for index in range(bounds[0], bounds[1]):
-        try:
-            _check_one(index, messages[index], trusted)
-        except VerificationError:
-            failures.append(index)
-            break
-    for pid, read_fd, w in helpers:
-        with os.fdopen(read_fd, "rb") as pipe:
-            answer = pipe.read()
-        _, status = os.waitpid(pid, 0)
-        if answer != b"ok":
-            # a failure, or a helper that died: check its whole share here, raising the exact error
-            bad = int(answer) if answer.isdigit() and status == 0 else bounds[w]
-            failures.append(bad)
-    for index in sorted(failures):
-        for again in range(index, len(messages)):
-            _check_one(again, messages[again], trusted)
+    """Verify every signature in order, raising for the first bad one. (Checking them in forked
+    helpers was measured against this on the bench chain, bench/README.md, and did not pay.)"""
+    for index, msg in enumerate(messages):
+        _check_one(index, msg, trusted)
 
 
 class _Objects:

@@ -11,14 +11,15 @@ outside the repository, warms the page cache, then measures in one run, interlea
       ``os.scandir``/``lstat`` and doing nothing else, the floor under (b) for a Python tool,
 
 and prints min/median/max wall times, the ratios against their targets, and the peak RSS of (a).
-Then, in one child interpreter, interleaved round by round, the pools against their serial peers:
+Then, in one child interpreter, interleaved round by round:
 
-  (f) the walk of TREE (``asl_capture.scan.scan``) with every file in the stat cache, one process,
-  (g) the same walk shared with forked helpers (one per core),
-  (h) ``verify_chain`` of a 10,000-record chain (``bench_chain.py``'s), signatures checked in one
-      process, and (i) the same with the signature checks split across forked helpers,
+  (f) the walk of TREE (``asl_capture.scan.scan``) with every file in the stat cache,
+  (h) ``verify_chain`` of a 10,000-record chain (``bench_chain.py``'s).
 
-and prints g/f and i/h: a pool is worth keeping only when it is at least 1.3x faster (ratio <= 0.77).
+Both run in one process. Before the pools were removed (``git log bench/hash_tree.py``), this script
+also timed (g) the walk shared with forked helpers and (i) the signature checks split across forked
+helpers, against (f) and (h) in the same run; neither won by the 1.3x that would pay for it
+(bench/README.md).
 
 Usage: ``python bench/hash_tree.py [--rounds N] [--tree DIR]``
 """
@@ -139,12 +140,12 @@ walk(sys.argv[1])
 """
 
 
-#: The pool rows (f)-(i), run in a child interpreter: ``python -c POOLS TREE CHAIN_DIR ROUNDS``.
+#: Rows (f) and (h), run in a child interpreter: ``python -c POOLS TREE CHAIN_DIR ROUNDS``.
 POOLS = """
 import gc, sys, time
 from pathlib import Path
 from asl_capture import scan, verify
-from asl_capture.hashing import Hasher, available_cpus
+from asl_capture.hashing import Hasher
 from asl_capture.keys import load_trust
 from asl_capture.manifest import snapshot
 from asl_capture.statcache import StatCache
@@ -152,24 +153,16 @@ tree, chain_dir, rounds = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 cache = StatCache()
 snapshot([tree], base=tree, hasher=Hasher(cache=cache, progress_after=1e9))  # every file now cached
 trusted = load_trust([chain_dir / "keys" / "bench.pub"])
-cpus = available_cpus()
-def walk(workers):
-    rows, misses = scan.scan([(bytes(tree), b".")], skip=scan.Skip(), cache=cache, workers=workers)
+def walk():
+    rows, misses = scan.scan([(bytes(tree), b".")], skip=scan.Skip(), cache=cache)
     assert not misses, len(misses)
-def check(parallel):
-    saved = verify._PARALLEL_MIN_RECORDS
-    verify._PARALLEL_MIN_RECORDS = saved if parallel else 10**12
-    try:
-        verify.verify_chain(chain_dir / "prov", trusted)
-    finally:
-        verify._PARALLEL_MIN_RECORDS = saved
-runs = {"f": lambda: walk(1), "g": lambda: walk(cpus), "h": lambda: check(False), "i": lambda: check(True)}
+runs = {"f": walk, "h": lambda: verify.verify_chain(chain_dir / "prov", trusted)}
 gc.disable()
 for fn in runs.values():
     fn()  # warm-up, untimed
 order = list(runs)
 for r in range(rounds):
-    for k in order[r % 4:] + order[: r % 4]:
+    for k in order[r % 2:] + order[: r % 2]:
         start = time.perf_counter()
         runs[k]()
         print(k, time.perf_counter() - start, flush=True)
@@ -177,14 +170,14 @@ for r in range(rounds):
 
 
 def pool_rows(tree: Path, rounds: int) -> dict[str, list[float]]:
-    """Times of (f)-(i), from one child interpreter (see :data:`POOLS`)."""
+    """Times of (f) and (h), from one child interpreter (see :data:`POOLS`)."""
     from bench_chain import build_chain
 
     chain_dir = Path(tempfile.gettempdir()) / "asl-bench-chain-v3"
     build_chain(chain_dir, 10_000)
     out = subprocess.run([sys.executable, "-c", POOLS, str(tree), str(chain_dir), str(rounds)],
                          capture_output=True, text=True, check=True).stdout
-    times: dict[str, list[float]] = {k: [] for k in "fghi"}
+    times: dict[str, list[float]] = {k: [] for k in "fh"}
     for line in out.splitlines():
         key, value = line.split()
         times[key].append(float(value))
@@ -194,8 +187,8 @@ def pool_rows(tree: Path, rounds: int) -> dict[str, list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--pool-rounds", type=int, default=15, help="rounds of the pool rows (f)-(i)")
-    parser.add_argument("--only-pools", action="store_true", help="measure only the pool rows (f)-(i)")
+    parser.add_argument("--pool-rounds", type=int, default=15, help="rounds of rows (f) and (h)")
+    parser.add_argument("--only-pools", action="store_true", help="measure only rows (f) and (h)")
     parser.add_argument("--tree", type=Path, default=Path(tempfile.gettempdir()) / f"asl-bench-tree-{TREE_VERSION}")
     args = parser.parse_args()
     tree: Path = args.tree.absolute()
@@ -205,13 +198,8 @@ def main() -> None:
     print(f"tree {tree}: {files} files, {size / 1e6:.0f} MB; cpus {len(os.sched_getaffinity(0))}")
     warm(tree)
     pools = pool_rows(tree, args.pool_rounds)
-    pool_labels = {"f": "(f) walk, warm cache, serial", "g": "(g) walk, warm cache, shared (forked)",
-                   "h": "(h) verify_chain 10k records, serial", "i": "(i) verify_chain 10k records, forked"}
-    for k, label in pool_labels.items():
+    for k, label in {"f": "(f) walk, warm cache", "h": "(h) verify_chain 10k records"}.items():
         print(summary(label, pools[k]))
-    for name, pool, serial in (("g/f walk", "g", "f"), ("i/h verify", "i", "h")):
-        ratio = statistics.median(pools[pool]) / statistics.median(pools[serial])
-        print(f"{name:<18} {ratio:8.3f}  keep the pool only if <= 0.77 (1.3x): {'KEEP' if ratio <= 1 / 1.3 else 'CUT'}")
     if args.only_pools:
         return
     with tempfile.TemporaryDirectory(prefix="asl-bench-") as tmp:
