@@ -273,8 +273,9 @@ def load_public(path: Path) -> Ed25519PublicKey:
     return key
 
 
-def file_key_id(path: Path, *, passphrase: Callable[[], bytes | None]) -> bytes:
-    """The key id of a public or private key file; ``passphrase()`` is asked only for a private key.
+def file_public_key(path: Path, *, passphrase: Callable[[], bytes | None]) -> bytes:
+    """The raw 32-byte public key of a public or private key file; ``passphrase()`` is asked only
+    for a private key.
 
     Raises:
         KeyFileError: missing, unreadable, not a key file, or a private key that cannot be loaded.
@@ -282,15 +283,15 @@ def file_key_id(path: Path, *, passphrase: Callable[[], bytes | None]) -> bytes:
     data = _read_key_file(path, private=False)
     label = _pem_label(data)
     if label == b"PUBLIC KEY":
-        return public_key_id(load_public(path))
+        return raw_public_bytes(load_public(path))
     if not _may_be_private(data):
         raise KeyFileError(f"{path}: not a key file (neither an Ed25519 public key nor a private key)")
     if label is None:  # DER: public or private
         try:
-            return public_key_id(load_public(path))
+            return raw_public_bytes(load_public(path))
         except KeyFileError:
             pass
-    return load_signer(path, passphrase=passphrase()).kid
+    return load_signer(path, passphrase=passphrase()).public_raw()
 
 
 def load_trust(paths: Sequence[Path]) -> dict[bytes, Ed25519PublicKey]:

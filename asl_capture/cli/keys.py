@@ -8,7 +8,9 @@ from pathlib import Path
 import click
 
 from asl_capture.cli.run import group, subcommand
-from asl_capture.keys import file_key_id, generate, read_passphrase
+from asl_capture.cose import key_id
+from asl_capture.errors import KeyFileError
+from asl_capture.keys import file_public_key, generate, read_passphrase
 
 EPILOG = "\b\nExit status: 0 success, 2 usage error, unusable key file or wrong passphrase."
 
@@ -37,11 +39,12 @@ def generate_cmd(name: str, directory: Path, passphrase_file: Path | None) -> No
 @click.option("--passphrase-file", type=click.Path(path_type=Path), help="Passphrase for an encrypted private key.")
 def id_cmd(file: Path, passphrase_file: Path | None) -> None:
     """Print the key id (hex SHA-256 of the raw public key) of a public or private key FILE."""
-    kid = file_key_id(file, passphrase=lambda: read_passphrase(passphrase_file=passphrase_file, environ=os.environ))
-    click.echo(kid.hex())
+    public = file_public_key(file, passphrase=lambda: read_passphrase(passphrase_file=passphrase_file,
+                                                                      environ=os.environ))
+    click.echo(key_id(public).hex())
 
 
-@cli.command("export", epilog=EPILOG)
+@subcommand(cli, "export", epilog=EPILOG)
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["minisign"]), required=True,
               help="minisign: the public key file `minisign -V -p FILE` reads.")
@@ -50,17 +53,9 @@ def id_cmd(file: Path, passphrase_file: Path | None) -> None:
 def export_cmd(file: Path, fmt: str, out: Path | None, passphrase_file: Path | None) -> None:
     """Print the public key of a public or private key FILE in another format (never a private key)."""
     from asl_capture import minisign
-    from asl_capture.cose import raw_public_bytes
 
-    try:
-        try:
-            public = raw_public_bytes(load_public(file))
-        except KeyFileError:
-            passphrase = read_passphrase(passphrase_file=passphrase_file, environ=os.environ)
-            public = load_signer(file, passphrase=passphrase).public_raw()
-    except AslError as exc:
-        click.echo(f"{type(exc).__name__}: {exc}", err=True)
-        sys.exit(2)
+    public = file_public_key(file, passphrase=lambda: read_passphrase(passphrase_file=passphrase_file,
+                                                                      environ=os.environ))
     assert fmt == "minisign"
     text = minisign.public_key_file(public)
     if out is None:
@@ -70,8 +65,7 @@ def export_cmd(file: Path, fmt: str, out: Path | None, passphrase_file: Path | N
         with open(out, "x", encoding="ascii") as handle:
             handle.write(text)
     except OSError as exc:
-        click.echo(f"KeyFileError: {out}: cannot write: {exc.strerror}", err=True)
-        sys.exit(2)
+        raise KeyFileError(f"{out}: cannot write: {exc.strerror}") from None
     click.echo(f"asl-keys: wrote {out}", err=True)
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import click
 
+from asl_capture.cli.run import CONTEXT, version_option
 from asl_capture.errors import AslError
 
 EPILOG = ("\b\nExit status: 0 rebuilt, same ISO bytes; 1 the rebuild differs (a layer-by-layer report is\n"
@@ -18,7 +18,8 @@ EPILOG = ("\b\nExit status: 0 rebuilt, same ISO bytes; 1 the rebuild differs (a 
           "unreadable record, a recorded package in no store and not fetchable, or a build that fails.")
 
 
-@click.command("rebuild", epilog=EPILOG)
+@click.command("rebuild", epilog=EPILOG, context_settings=CONTEXT)
+@version_option()
 @click.option("--provenance", "provenance", required=True, type=click.Path(path_type=Path),
               help="The build's provenance directory (out/provenance).")
 @click.option("--iso", "iso", required=True, type=click.Path(path_type=Path), help="The ISO to compare with.")
@@ -60,13 +61,12 @@ def rebuild_cmd(provenance: Path, iso: Path, source: str, debs: Path | None, wor
         for line in exc.report:
             click.echo(line)
         click.echo(f"MISMATCH: {exc}")
-        click.echo(f"{type(exc).__name__}: {exc} (scratch kept: {scratch})", err=True)
-        sys.exit(exc.exit_code)
-    except AslError as exc:
+        click.echo(f"asl-verify rebuild: scratch kept: {scratch}", err=True)
+        raise  # shown and mapped to its exit code by cli.run
+    except AslError:
         if work is None and scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-        click.echo(f"{type(exc).__name__}: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        raise
     click.echo(f"REBUILT: sha256:{outcome.iso_sha256} equals {iso}")
     if outcome.image_identity is not None:
         click.echo(f"image identity: {outcome.image_identity}")

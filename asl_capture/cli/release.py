@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from pathlib import Path
 from types import FrameType
 
 import click
 
-from asl_capture.errors import AslError
+from asl_capture.cli.run import EXIT_INTERRUPTED, group, subcommand
 from asl_capture.release.publish import PublishConfig, publish
 
 EPILOG = """\b
@@ -20,12 +19,12 @@ unreadable input. Nothing is left in OUT when publishing fails or is interrupted
 """
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+@group(epilog=EPILOG)
 def cli() -> None:
     """Publish releases of the ASL authority-host image."""
 
 
-@cli.command("publish", epilog=EPILOG)
+@subcommand(cli, "publish", epilog=EPILOG)
 @click.option("--iso", required=True, type=click.Path(path_type=Path), help="The ISO the build wrote.")
 @click.option("--provenance", required=True, type=click.Path(path_type=Path), help="Its provenance directory.")
 @click.option("--key", required=True, type=click.Path(path_type=Path),
@@ -36,7 +35,7 @@ def cli() -> None:
               help="Public key (or directory of *.pub) of the build; not needed for --ephemeral-key builds.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Where OUT/<version>/ is written.")
 def publish_cmd(iso: Path, provenance: Path, key: Path, passphrase_file: Path | None, trust: tuple[Path, ...],
-                out: Path) -> None:
+                out: Path) -> int:
     """Verify ISO against its build record and write OUT/<version>/: the ISO, provenance/,
     RELEASE.cbor, SHA256SUMS, SHA256SUMS.minisig and ISO.intoto.jsonl."""
     def interrupted(signum: int, _frame: FrameType | None) -> None:
@@ -47,21 +46,19 @@ def publish_cmd(iso: Path, provenance: Path, key: Path, passphrase_file: Path | 
                            trust=trust, environ=dict(os.environ))
     try:
         done = publish(config, log=lambda msg: click.echo(f"asl-release: {msg}", err=True))
-    except AslError as exc:
-        click.echo(f"{type(exc).__name__}: {exc}", err=True)
-        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("asl-release: interrupted; nothing was published", err=True)
-        sys.exit(130)
+        return EXIT_INTERRUPTED
     if done.previous is not None and done.changes is not None:
         what = "; ".join(done.changes.incompatible + done.changes.additions) or "no change to the compatibility surface"
         click.echo(f"asl-release: compared with {done.previous}: {what}", err=True)
     click.echo(str(done.directory))
+    return 0
 
 
 def main() -> None:
     """Console entry point."""
-    cli(prog_name="asl-release")
+    cli.main(prog_name="asl-release")
 
 
 if __name__ == "__main__":

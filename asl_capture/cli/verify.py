@@ -149,11 +149,13 @@ def _register() -> None:
     from asl_capture.cli.rebuild import rebuild_cmd
     from asl_capture.cli.verify_iso import iso_cmd, show_cmd
     from asl_capture.cli.verify_release import release_cmd
+    from asl_capture.release.verify import JSON_SCHEMA
 
     cli.add_command(iso_cmd)
     cli.add_command(show_cmd)
     cli.add_command(rebuild_cmd)
     cli.add_command(release_cmd)
+    cli.json_schemas["release"] = JSON_SCHEMA
 
 
 _register()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from asl_capture.cli.run import CONTEXT, version_option
 from asl_capture.errors import AslError, VerificationError
 from asl_capture.keys import load_trust
 from asl_capture.release.verify import JSON_SCHEMA, Check, ReleaseReport, ReleaseVerificationError, verify_release
@@ -16,7 +16,8 @@ from asl_capture.release.verify import JSON_SCHEMA, Check, ReleaseReport, Releas
 EPILOG = "\b\nExit status: 0 verified, 1 verification failed, 2 usage error or unreadable input."
 
 
-@click.command("release", epilog=EPILOG)
+@click.command("release", epilog=EPILOG, context_settings=CONTEXT)
+@version_option()
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--trust", "trust", multiple=True, required=True, type=click.Path(path_type=Path),
               help="The release public key; further keys pin the build keys (repeatable).")
@@ -59,5 +60,4 @@ def release_cmd(directory: Path, trust: tuple[Path, ...], as_json: bool) -> None
     elif isinstance(error, VerificationError):
         click.echo("FAILED")
     if error is not None:
-        click.echo(f"{type(error).__name__}: {error}", err=True)
-        sys.exit(error.exit_code)
+        raise error  # shown and mapped to its exit code by cli.run

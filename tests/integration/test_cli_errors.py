@@ -32,8 +32,9 @@ def test_every_console_script_goes_through_the_one_wrapper() -> None:
 
 
 @pytest.mark.parametrize("args", [
-    ("asl-capture",), ("asl-verify",), ("asl-verify", "chain"), ("asl-keys",), ("asl-keys", "generate"),
-    ("asl-keys", "id"), ("asl-chain",), ("asl-chain", "repair"),
+    ("asl-capture",), ("asl-verify",), ("asl-verify", "chain"), ("asl-verify", "release"),
+    ("asl-verify", "rebuild"), ("asl-keys",), ("asl-keys", "generate"), ("asl-keys", "id"), ("asl-keys", "export"),
+    ("asl-chain",), ("asl-chain", "repair"), ("asl-release",), ("asl-release", "publish"),
 ], ids=" ".join)
 def test_version_on_every_command(args: tuple[str, ...], cli_env: dict[str, str]) -> None:
     result = cli(args[0], *args[1:], "--version", env=cli_env)
