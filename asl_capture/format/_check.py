@@ -176,30 +176,73 @@ def raw_path(value: Value, where: str) -> bytes:
 
 Check = Callable[[Value, str], Any]
 
+#: For the checks that return their value unchanged: a Python expression that is true only for a
+#: value ``{x}`` the check accepts (exact types, as the decoder produces them). :class:`Struct`
+#: compiles these into its parser, so a valid document costs no call per field; any other value
+#: goes to the check itself, which accepts it or raises naming the field.
+_PASSES: dict[Check, str] = {
+    uint: "(type({x}) is int and 0 <= {x} < 18446744073709551616)",
+    integer: "type({x}) is int",
+    text: "type({x}) is str",
+    boolean: "type({x}) is bool",
+    digest: "(type({x}) is bytes and len({x}) == 32)",
+    text_or_bytes: "type({x}) is str",  # enough to pass; bytes go to the check (valid UTF-8 is refused)
+}
+
 
 def nullable(check: Check) -> Check:
     """``T / null``: None, or what ``check`` accepts."""
-    return lambda value, where: None if value is None else check(value, where)
+    def checked(value: Value, where: str) -> Any:
+        return None if value is None else check(value, where)
+    if check in _PASSES:
+        _PASSES[checked] = f"({{x}} is None or {_PASSES[check]})"
+    return checked
 
 
 def sized(size: int) -> Check:
     """A byte string of exactly ``size`` bytes."""
-    return lambda value, where: bstr(value, where, size)
+    def checked(value: Value, where: str) -> bytes:
+        return bstr(value, where, size)
+    _PASSES[checked] = f"(type({{x}}) is bytes and len({{x}}) == {size})"
+    return checked
 
 
 def choice(*choices: str) -> Check:
     """A text string among ``choices``."""
-    return lambda value, where: one_of(value, where, choices)
+    def checked(value: Value, where: str) -> str:
+        return one_of(value, where, choices)
+    _PASSES[checked] = f"(type({{x}}) is str and {{x}} in {choices!r})"
+    return checked
+
+
+def _passes(check: Check) -> Callable[[Value], bool] | None:
+    """``check``'s :data:`_PASSES` expression as a predicate, if it has one."""
+    test = _PASSES.get(check)
+    return None if test is None else eval(f"lambda x: {test.format(x='x')}")  # noqa: S307 - our own text
 
 
 def array_of(check: Check) -> Check:
     """``[* T]`` as a tuple, each item checked (and named ``where[i]``)."""
-    return lambda value, where: tuple(check(item, index(where, i)) for i, item in enumerate(array(value, where)))
+    passes = _passes(check)
+
+    def checked(value: Value, where: str) -> tuple[Any, ...]:
+        items = array(value, where)
+        if passes is not None and all(map(passes, items)):
+            return tuple(items)
+        return tuple(check(item, index(where, i)) for i, item in enumerate(items))
+    return checked
 
 
 def map_of(check: Check) -> Check:
     """``{* tstr => T}`` as a dict, each value checked (and named ``where.key``)."""
-    return lambda value, where: {name: check(item, at(where, name)) for name, item in mapping(value, where).items()}
+    passes = _passes(check)
+
+    def checked(value: Value, where: str) -> dict[str, Any]:
+        body = mapping(value, where)
+        if passes is not None and all(map(passes, body.values())):
+            return dict(body)
+        return {name: check(item, at(where, name)) for name, item in body.items()}
+    return checked
 
 
 def _plain(value: object) -> Value:
@@ -230,9 +273,7 @@ class Struct:
     FIELDS: ClassVar[Mapping[str, Check]]
     OPTIONAL: ClassVar[frozenset[str]] = frozenset()
     VERSION: ClassVar[int | None] = None
-    _required: ClassVar[tuple[str, ...]] = ()
-    _required_set: ClassVar[frozenset[str]] = frozenset()
-    _allowed: ClassVar[frozenset[str]] = frozenset()
+    _parse: ClassVar[Callable[..., Any]]
 
     def to_value(self) -> dict[str, Value]:
         """The value to encode (``dcbor.encode`` gives its one encoding)."""
@@ -250,20 +291,47 @@ class Struct:
         Raises:
             FormatError: a field is missing, unknown or of the wrong shape.
         """
-        body = mapping(value, where)
-        keys = body.keys()
-        if not (keys >= cls._required_set and keys <= cls._allowed):
-            fields(body, where, cls._required, cls.OPTIONAL)  # raises, naming the field
-        prefix = f"{where}." if where else ""
-        if cls.VERSION is not None:
-            version(body["v"], prefix + "v", cls.VERSION)
-        return cls(**{name: check(body[name], prefix + name) for name, check in cls.FIELDS.items() if name in keys})
+        return cls._parse(cls, value, where)  # type: ignore[no-any-return]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Derive, once per type, the keys :meth:`from_value` requires and allows."""
+        """Compile, once per type, its parser from ``FIELDS`` (see :data:`_PASSES`)."""
         super().__init_subclass__(**kwargs)
         if hasattr(cls, "FIELDS"):
-            head = ("v",) if cls.VERSION is not None else ()
-            cls._required = head + tuple(name for name in cls.FIELDS if name not in cls.OPTIONAL)
-            cls._required_set = frozenset(cls._required)
-            cls._allowed = cls._required_set | cls.OPTIONAL
+            cls._parse = staticmethod(_compile(cls))
+
+
+def _compile(cls: type[Struct]) -> Callable[..., Any]:
+    """The parser of ``cls``: what :meth:`Struct.from_value` means, as straight-line code."""
+    required = (("v",) if cls.VERSION is not None else ()) + tuple(n for n in cls.FIELDS if n not in cls.OPTIONAL)
+    env: dict[str, Any] = {"mapping": mapping, "fields": fields, "version": version, "REQUIRED": required,
+                           "REQUIRED_SET": frozenset(required), "ALLOWED": frozenset(required) | cls.OPTIONAL,
+                           "OPTIONAL": cls.OPTIONAL, "VERSION": cls.VERSION}
+    lines = ["def parse(cls, value, where):",
+             "    body = mapping(value, where)",
+             "    keys = body.keys()",
+             "    if not (keys >= REQUIRED_SET and keys <= ALLOWED):",
+             "        fields(body, where, REQUIRED, OPTIONAL)  # raises, naming the field",
+             "    p = where + '.' if where else ''"]
+    if cls.VERSION is not None:
+        lines.append("    if body['v'] is not VERSION and body['v'] != VERSION or type(body['v']) is not int:")
+        lines.append("        version(body['v'], p + 'v', VERSION)")
+    args = []
+    for i, (name, check) in enumerate(cls.FIELDS.items()):
+        env[f"check{i}"] = check
+        x = f"v{i}"
+        test = _PASSES.get(check)
+        pad = "    "
+        if name in cls.OPTIONAL:
+            lines.append(f"    {x} = None")
+            lines.append(f"    if {name!r} in keys:")
+            pad = "        "
+        lines.append(f"{pad}{x} = body[{name!r}]")
+        if test is not None:
+            lines.append(f"{pad}if not {test.format(x=x)}:")
+            lines.append(f"{pad}    {x} = check{i}({x}, p + {name!r})")
+        else:
+            lines.append(f"{pad}{x} = check{i}({x}, p + {name!r})")
+        args.append(f"{name}={x}")
+    lines.append(f"    return cls({', '.join(args)})")
+    exec("\n".join(lines), env)  # noqa: S102 - code made here from the class's own FIELDS, no input
+    return env["parse"]  # type: ignore[no-any-return]
