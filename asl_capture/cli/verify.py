@@ -147,6 +147,7 @@ def _json(directory: Path, checks: list[dict[str, Any]], report: ChainReport | N
 
 def _register() -> None:
     from asl_capture.cli.rebuild import rebuild_cmd
+    from asl_capture.cli.verify_iso import JSON_SCHEMAS as ISO_SCHEMAS
     from asl_capture.cli.verify_iso import iso_cmd, show_cmd
     from asl_capture.cli.verify_release import release_cmd
     from asl_capture.release.verify import JSON_SCHEMA
@@ -155,7 +156,7 @@ def _register() -> None:
     cli.add_command(show_cmd)
     cli.add_command(rebuild_cmd)
     cli.add_command(release_cmd)
-    cli.json_schemas["release"] = JSON_SCHEMA
+    cli.json_schemas.update(ISO_SCHEMAS, release=JSON_SCHEMA)
 
 
 _register()

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from asl_capture.cli.run import CONTEXT, version_option
 from asl_capture.errors import AslError
 
+#: The schemas of the ``--json`` output of ``asl-verify iso`` and ``asl-verify show``.
+JSON_SCHEMAS = {"iso": "asl-verify/iso/1", "show": "asl-verify/show/1"}
 EPILOG = ("\b\nExit status: 0 verified, 1 verification failed (a check failed), 2 usage error or unusable "
           "input (missing ISO or provenance directory, unreadable trust key, graph not writable).")
 
 
-@click.command("iso", epilog=EPILOG)
+@click.command("iso", epilog=EPILOG, context_settings=CONTEXT)
+@version_option()
 @click.argument("iso", type=click.Path(path_type=Path))
 @click.option("--provenance", required=True, type=click.Path(path_type=Path),
               help="The provenance directory of the build (chain.cbor and objects/).")
@@ -78,14 +81,13 @@ def iso_cmd(iso: Path, provenance: Path, trust: tuple[Path, ...], quick: bool, k
             failed = ", ".join(f"{c.number} {c.name}" for c in report.failures)
             click.echo(f"FAILED: {failed}" if failed else "FAILED")
     if error is not None:
-        click.echo(f"{type(error).__name__}: {error}", err=True)
-        sys.exit(error.exit_code)
+        raise error  # shown and mapped to its exit code by cli.run
 
 
 def _json(iso: Path, provenance: Path, quick: bool, report: Any, error: AslError | None,
           checks: tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "schema": "asl-verify/iso/1", "iso": str(iso), "provenance": str(provenance),
+        "schema": JSON_SCHEMAS["iso"], "iso": str(iso), "provenance": str(provenance),
         "mode": "quick" if quick else "full", "checks": [], "iso_sha256": None, "image_identity": None,
         "chain": None, "notes": [], "error": None,
     }
@@ -111,7 +113,8 @@ def _json(iso: Path, provenance: Path, quick: bool, report: Any, error: AslError
 
 
 @click.command("show", epilog="\b\nExit status: 0 shown, 1 the chain does not verify (with --trust) or cannot be "
-               "decoded, 2 usage error or unreadable input.")
+               "decoded, 2 usage error or unreadable input.", context_settings=CONTEXT)
+@version_option()
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.argument("seq", type=int, required=False)
 @click.option("--trust", "trust", multiple=True, type=click.Path(path_type=Path),
@@ -122,16 +125,12 @@ def show_cmd(directory: Path, seq: int | None, trust: tuple[Path, ...], as_json:
     from asl_capture.audit import show
     from asl_capture.keys import load_trust
 
-    try:
-        records, verified = show.load(directory, load_trust(list(trust)) if trust else None)
-        chosen = show.select(records, seq)
-    except AslError as exc:
-        click.echo(f"{type(exc).__name__}: {exc}", err=True)
-        sys.exit(exc.exit_code)
+    records, verified = show.load(directory, load_trust(list(trust)) if trust else None)
+    chosen = show.select(records, seq)
     seqs = {r.id: r.seq for r in records}
     summaries = [show.summary(r, seqs) for r in chosen]
     if as_json:
-        click.echo(json.dumps({"schema": "asl-verify/show/1", "path": str(directory), "verified": verified,
+        click.echo(json.dumps({"schema": JSON_SCHEMAS["show"], "path": str(directory), "verified": verified,
                                "records": summaries}, indent=2, sort_keys=True))
         return
     click.echo(f"{directory}: {len(records)} record(s), "

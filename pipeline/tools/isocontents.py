@@ -32,7 +32,8 @@ from asl_capture.audit.compare import Seen
 from asl_capture.audit.iso9660 import SYSTEM_AREA, IsoImage
 from asl_capture.audit.recorded import CONTENTS_TYPE, CONTENTS_VERSION
 from asl_capture.errors import AslError
-from asl_capture.manifest import Entry, label_for, snapshot
+from asl_capture.format import Entry
+from asl_capture.manifest import label_for, snapshot
 
 
 def owners(root: Path) -> list[dcbor.Value]:

@@ -33,7 +33,8 @@ def test_every_console_script_goes_through_the_one_wrapper() -> None:
 
 @pytest.mark.parametrize("args", [
     ("asl-capture",), ("asl-verify",), ("asl-verify", "chain"), ("asl-verify", "release"),
-    ("asl-verify", "rebuild"), ("asl-keys",), ("asl-keys", "generate"), ("asl-keys", "id"), ("asl-keys", "export"),
+    ("asl-verify", "rebuild"), ("asl-verify", "iso"), ("asl-verify", "show"),
+    ("asl-keys",), ("asl-keys", "generate"), ("asl-keys", "id"), ("asl-keys", "export"),
     ("asl-chain",), ("asl-chain", "repair"), ("asl-release",), ("asl-release", "publish"),
 ], ids=" ".join)
 def test_version_on_every_command(args: tuple[str, ...], cli_env: dict[str, str]) -> None:
