@@ -8,6 +8,7 @@ found uint``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -273,7 +274,6 @@ class Struct:
     FIELDS: ClassVar[Mapping[str, Check]]
     OPTIONAL: ClassVar[frozenset[str]] = frozenset()
     VERSION: ClassVar[int | None] = None
-    _parse: ClassVar[Callable[..., Any]]
 
     def to_value(self) -> dict[str, Value]:
         """The value to encode (``dcbor.encode`` gives its one encoding)."""
@@ -291,17 +291,21 @@ class Struct:
         Raises:
             FormatError: a field is missing, unknown or of the wrong shape.
         """
-        return cls._parse(cls, value, where)  # type: ignore[no-any-return]
+        parse = _PARSERS.get(cls)
+        if parse is None:
+            parse = _PARSERS[cls] = _compile(cls)
+        return parse(cls, value, where)  # type: ignore[no-any-return]
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Compile, once per type, its parser from ``FIELDS`` (see :data:`_PASSES`)."""
-        super().__init_subclass__(**kwargs)
-        if hasattr(cls, "FIELDS"):
-            cls._parse = staticmethod(_compile(cls))
+
+#: The compiled parser of each :class:`Struct` type, made on its first use (it is a dataclass by then).
+_PARSERS: dict[type, Callable[..., Any]] = {}
 
 
 def _compile(cls: type[Struct]) -> Callable[..., Any]:
-    """The parser of ``cls``: what :meth:`Struct.from_value` means, as straight-line code."""
+    """The parser of ``cls``: what :meth:`Struct.from_value` means, as straight-line code (see
+    :data:`_PASSES`). An absent optional field takes its dataclass field's default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                if f.default is not dataclasses.MISSING}
     required = (("v",) if cls.VERSION is not None else ()) + tuple(n for n in cls.FIELDS if n not in cls.OPTIONAL)
     env: dict[str, Any] = {"mapping": mapping, "fields": fields, "version": version, "REQUIRED": required,
                            "REQUIRED_SET": frozenset(required), "ALLOWED": frozenset(required) | cls.OPTIONAL,
@@ -313,7 +317,7 @@ def _compile(cls: type[Struct]) -> Callable[..., Any]:
              "        fields(body, where, REQUIRED, OPTIONAL)  # raises, naming the field",
              "    p = where + '.' if where else ''"]
     if cls.VERSION is not None:
-        lines.append("    if body['v'] is not VERSION and body['v'] != VERSION or type(body['v']) is not int:")
+        lines.append("    if type(body['v']) is not int or body['v'] != VERSION:")
         lines.append("        version(body['v'], p + 'v', VERSION)")
     args = []
     for i, (name, check) in enumerate(cls.FIELDS.items()):
@@ -322,7 +326,8 @@ def _compile(cls: type[Struct]) -> Callable[..., Any]:
         test = _PASSES.get(check)
         pad = "    "
         if name in cls.OPTIONAL:
-            lines.append(f"    {x} = None")
+            env[f"default{i}"] = defaults[name]
+            lines.append(f"    {x} = default{i}")
             lines.append(f"    if {name!r} in keys:")
             pad = "        "
         lines.append(f"{pad}{x} = body[{name!r}]")
