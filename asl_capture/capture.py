@@ -20,7 +20,7 @@ from asl_capture import chain, envpolicy, gcpause, projectconfig
 from asl_capture.agent import ENV_AGENT, AgentSigner, SigningAgent, connect
 from asl_capture.context import host_info, read_sources, vcs_info
 from asl_capture.cose import MessageSigner
-from asl_capture.errors import AslError, CaptureError, CheckpointError, KeyFileError, RecordWriteError, UsageError
+from asl_capture.errors import AslError, CaptureError, CheckpointError, RecordWriteError, UsageError
 from asl_capture.format import Attachment, Inputs, Log, Manifest, Outputs, Source, StepRecord, Vcs, diff
 from asl_capture.hashing import Hasher
 from asl_capture.keys import ENV_KEY, ENV_PASSPHRASE_FILE, PASSPHRASE_ENV, Signer, ephemeral_signer, signing_key
@@ -97,9 +97,7 @@ def resolve_signer(config: CaptureConfig, notify: Callable[[str], None]) -> Mess
     if config.key is None and agent_path:
         return connect(agent_path)
     source = signing_key(key=config.key, passphrase_file=config.passphrase_file, environ=config.environ,
-                         cwd=config.cwd, create_dev_key=True)
-    if source is None:  # pragma: no cover - create_dev_key always yields a key
-        raise KeyFileError("no signing key")
+                         cwd=config.cwd)
     if source.created is not None:
         notify(f"asl-capture: created development signing key {source.path} (key id {source.created.hex()}); "
                f"trust it with --trust {source.path.with_suffix('.pub')}")

@@ -407,11 +407,11 @@ class KeySource:
         return load_signer(self.path, passphrase=read_passphrase(passphrase_file=self.passphrase_file, environ=environ))
 
 
-def signing_key(*, key: Path | None, passphrase_file: Path | None, environ: Mapping[str, str], cwd: Path,
-                create_dev_key: bool) -> KeySource | None:
+def signing_key(*, key: Path | None, passphrase_file: Path | None, environ: Mapping[str, str],
+                cwd: Path) -> KeySource:
     """The signing key: ``key`` (``--key``), else ``$ASL_CAPTURE_KEY``, else the per-user development
-    key (created when missing and ``create_dev_key``; else None when missing). The passphrase file
-    is ``passphrase_file``, else ``$ASL_CAPTURE_PASSPHRASE_FILE``. Relative paths are taken from ``cwd``.
+    key (created when missing). The passphrase file is ``passphrase_file``, else
+    ``$ASL_CAPTURE_PASSPHRASE_FILE``. Relative paths are taken from ``cwd``.
 
     Raises:
         KeyFileError: the development key cannot be created.
@@ -422,12 +422,7 @@ def signing_key(*, key: Path | None, passphrase_file: Path | None, environ: Mapp
         key = Path(environ[ENV_KEY])
     created = None
     if key is None:
-        if create_dev_key:
-            key, created = ensure_dev_key(environ)
-        elif dev_key_path(environ).exists():
-            key = dev_key_path(environ)
-        else:
-            return None
+        key, created = ensure_dev_key(environ)
     if passphrase_file is not None and not passphrase_file.is_absolute():
         passphrase_file = cwd / passphrase_file
     return KeySource(path=key if key.is_absolute() else cwd / key, passphrase_file=passphrase_file, created=created)
