@@ -193,8 +193,9 @@ def run(
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, received[-1])
             with _terminal_to(proc.pid):
-                finished = _pump(proc, out, err)
+                exited = _pump(proc, out, err)
                 returncode = proc.wait()
+                finished = exited if exited is not None else time.time_ns()
     finally:
         if finished is None:
             finished = time.time_ns()
@@ -221,9 +222,10 @@ def release_signals() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
 
 
-def _pump(proc: subprocess.Popen[bytes], out: _Sink, err: _Sink) -> int:
-    """Copy the child's output until it has exited and its pipes hold nothing more; return when
-    it exited (ns). Output that processes it left behind write later is not waited for."""
+def _pump(proc: subprocess.Popen[bytes], out: _Sink, err: _Sink) -> int | None:
+    """Copy the child's output until it has exited and its pipes hold nothing more, or until both
+    pipes are closed; return when it exited (ns), if that is how it ended. Output that processes
+    it left behind write later is not waited for."""
     assert proc.stdout is not None and proc.stderr is not None
     sinks = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
     exited: int | None = None
@@ -253,7 +255,7 @@ def _pump(proc: subprocess.Popen[bytes], out: _Sink, err: _Sink) -> int:
                 os.close(pidfd)
     proc.stdout.close()
     proc.stderr.close()
-    return exited if exited is not None else time.time_ns()
+    return exited
 
 
 def _read_into(fd: int, sinks: dict[int, _Sink], selector: selectors.BaseSelector) -> None:

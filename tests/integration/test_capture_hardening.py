@@ -213,3 +213,13 @@ def test_a_passphrase_given_through_process_substitution_serves_every_nested_cap
     assert [r.step for r in records] == ["inner", "inner", "outer"]
     assert records[0].parent == records[2].id
     _verify_ok(Path(env["ASL_CAPTURE_DIR"]), pub, env)
+
+
+def test_a_command_that_closes_its_output_early_is_still_waited_for(cli_env: dict[str, str], keypair: KeyPair,
+                                                                     tmp_path: Path) -> None:
+    """The other side of not waiting for the pipes: ``finished`` is when the command exited."""
+    result = cli("asl-capture", "--", "sh", "-c", "exec >&- 2>&-; sleep 2; touch done", env=cli_env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "done").exists()
+    record = read_records(Path(cli_env["ASL_CAPTURE_DIR"]), keypair.pub)[-1]
+    assert record.finished - record.started >= 2_000_000_000
