@@ -5,7 +5,7 @@ set -eu
 PKGS="mmdebstrap squashfs-tools xorriso grub-pc-bin grub-efi-amd64-bin grub-common mtools
 isolinux syslinux-common busybox-static cpio kmod dosfstools e2fsprogs qemu-system-x86 ovmf
 minisign python3 python3-yaml python3-cbor2 python3-cryptography python3-click git ca-certificates openssl
-util-linux gpgv"
+util-linux gpgv python3-zstandard"
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
 missing=""

@@ -74,3 +74,33 @@ def cli(tool: str, *args: str | os.PathLike[str], env: dict[str, str], cwd: Path
     }[tool]
     argv: Sequence[str | os.PathLike[str]] = [sys.executable, "-m", module, *args]
     return subprocess.run(argv, env=env, cwd=cwd, input=stdin, capture_output=True, timeout=timeout, check=False)
+
+
+NOBODY = 65534
+DEBIAN_PYTHON = Path("/usr/bin/python3")
+
+
+def unprivileged_python(scratch: Path) -> tuple[list[str], dict[str, str]]:
+    """The argv prefix (ending in a Python interpreter) and the environment additions that run this
+    repository's packages as an unprivileged user (uid 65534) when the tests run as root.
+
+    The interpreter running the tests and its site-packages may sit where that user cannot read (a
+    pyenv under /root, a clone below a mode-0700 directory), so the user runs Debian's
+    /usr/bin/python3 with the Debian packages pipeline/install-deps.sh installs and a world-readable
+    copy of ``asl_capture`` and ``asl_host`` in ``scratch``: what an auditor's machine with Debian's
+    packages has. Not root: this interpreter as it is. Skips when setpriv(1) or Debian's python3 is missing.
+    """
+    if os.geteuid() != 0:
+        return [sys.executable], {}
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or not DEBIAN_PYTHON.is_file():
+        pytest.skip("running as root without setpriv(1) or /usr/bin/python3: cannot run as an unprivileged user")
+    repo = Path(__file__).resolve().parents[1]
+    lib = scratch / "pylib"
+    for package in ("asl_capture", "asl_host"):
+        if (repo / package).is_dir():
+            shutil.copytree(repo / package, lib / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    subprocess.run(["chmod", "-R", "a+rX", str(scratch)], check=True)
+    prefix = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--inh-caps=-all",
+              str(DEBIAN_PYTHON)]
+    return prefix, {"PYTHONPATH": str(lib), "PYTHONDONTWRITEBYTECODE": "1"}

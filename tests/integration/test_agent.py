@@ -18,7 +18,7 @@ from asl_capture import chain, cose, dcbor
 from asl_capture.format import StepRecord
 from asl_capture.keys import generate
 from asl_capture.verify import verify_chain
-from tests.conftest import KeyPair, cli
+from tests.conftest import NOBODY, KeyPair, cli, unprivileged_python
 from tests.integration.records import assert_one_line_error, read_records
 
 NESTED = '"$PY" -m asl_capture.cli.capture'
@@ -167,18 +167,16 @@ def test_the_capturing_process_is_not_dumpable(shared_tmp: Path) -> None:
     work = base / "work"
     work.mkdir()
     prov = base / "prov"
-    argv = [sys.executable, "-m", "asl_capture.cli.capture", "--ephemeral-key", "--provenance", str(prov), "--",
+    python, extra = unprivileged_python(shared_tmp / "lib")
+    argv = [*python, "-m", "asl_capture.cli.capture", "--ephemeral-key", "--provenance", str(prov), "--",
             "sh", "-c", 'cat /proc/$$/environ > /dev/null && echo own=ok; '
                         'cat /proc/$PPID/environ > /dev/null 2>&1 && echo parent=readable || echo parent=denied; '
                         'head -c 1 /proc/$PPID/mem > /dev/null 2>&1 && echo mem=readable || echo mem=denied']
-    env = {"PATH": os.environ["PATH"], "HOME": str(base), "XDG_CONFIG_HOME": str(base / "xdg"), "LANG": "C.UTF-8"}
+    env = {"PATH": os.environ["PATH"], "HOME": str(base), "XDG_CONFIG_HOME": str(base / "xdg"), "LANG": "C.UTF-8",
+           **extra}
     if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("setpriv(1) missing: cannot run the capture as an unprivileged user")
         for path in (base, work):
-            os.chown(path, 65534, 65534)
-        argv = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+            os.chown(path, NOBODY, NOBODY)
     result = subprocess.run(argv, cwd=work, env=env, capture_output=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert b"own=ok" in result.stdout  # the probe itself works

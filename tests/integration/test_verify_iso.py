@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from asl_capture import chain, dcbor
 from asl_capture.format import Entry, Manifest, StepRecord
 from asl_capture.keys import load_signer
 from asl_capture.store import ObjectStore, ProvenanceDir
+from tests.conftest import NOBODY, unprivileged_python
 from tests.integration.pipeline_fixtures import REPO, Build, pipeline_build, tools_missing
 from tests.integration.records import read_records
 
@@ -51,10 +52,10 @@ class Verdict:
 
 
 def verify(iso: Path, prov: Path, trust: Path, *extra: str, env: dict[str, str] | None = None,
-           argv_prefix: tuple[str, ...] = ()) -> Verdict:
+           python: Sequence[str] = (sys.executable,)) -> Verdict:
     full = dict(env if env is not None else os.environ)
-    full["PYTHONPATH"] = str(REPO)
-    done = subprocess.run([*argv_prefix, sys.executable, "-m", ISO_MODULE, "iso", str(iso), "--provenance", str(prov),
+    full.setdefault("PYTHONPATH", str(REPO))
+    done = subprocess.run([*python, "-m", ISO_MODULE, "iso", str(iso), "--provenance", str(prov),
                            "--trust", str(trust), *extra], capture_output=True, text=True, env=full, cwd="/",
                           timeout=900, check=False)
     assert "Traceback" not in done.stderr, done.stderr
@@ -86,19 +87,15 @@ def test_verifies_without_root_or_image_tools(built: Build, shared_dir: Path) ->
     bin_dir = work / "bin"
     bin_dir.mkdir()
     os.symlink(shutil.which("gpgv") or "/usr/bin/gpgv", bin_dir / "gpgv")
-    env = {"PATH": str(bin_dir), "HOME": str(work), "LC_ALL": "C.UTF-8"}
-    prefix: tuple[str, ...] = ()
+    python, extra = unprivileged_python(shared_dir / "lib")
+    env = {"PATH": str(bin_dir), "HOME": str(work), "LC_ALL": "C.UTF-8", **extra}
     if os.geteuid() == 0:
         subprocess.run(["chmod", "-R", "a+rX", str(work)], check=True)
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root without setpriv(1): cannot drop to an unprivileged user")
-        prefix = (setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all")
-    probe = subprocess.run([*prefix, sys.executable, "-c", "import shutil, os; print(os.geteuid(), "
+    probe = subprocess.run([*python, "-c", "import shutil, os; print(os.geteuid(), "
                             "shutil.which('xorriso'), shutil.which('unsquashfs'))"], env=env, capture_output=True,
                            text=True, check=True)
-    assert probe.stdout.split() == ["65534" if prefix else str(os.geteuid()), "None", "None"]
-    v = verify(work / built.iso.name, work / "provenance", work / built.trust.name, env=env, argv_prefix=prefix)
+    assert probe.stdout.split() == [str(NOBODY) if os.geteuid() == 0 else str(os.geteuid()), "None", "None"]
+    v = verify(work / built.iso.name, work / "provenance", work / built.trust.name, env=env, python=python)
     assert v.code == 0, v.stdout + v.stderr
     for n in range(1, 8):
         assert " ok " in v.line(n), v.line(n)
@@ -106,7 +103,7 @@ def test_verifies_without_root_or_image_tools(built: Build, shared_dir: Path) ->
     identity = [ln for ln in v.stdout.splitlines() if ln.startswith("image identity: sha256:")]
     assert len(identity) == 1 and len(identity[0].split(":")[-1].strip()) == 64
     quick = verify(work / built.iso.name, work / "provenance", work / built.trust.name, "--quick", "--json",
-                   env=env, argv_prefix=prefix)
+                   env=env, python=python)
     doc = json.loads(quick.stdout)
     assert quick.code == 0 and doc["verdict"] == "verified" and [c["number"] for c in doc["checks"]] == [1, 2, 3, 7]
     assert doc["image_identity"] == identity[0].split(": ", 1)[1]
