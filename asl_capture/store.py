@@ -139,7 +139,8 @@ def _check_owned(path: Path, *, follow: bool = True) -> None:
                              f"(owner uid {pst.st_uid}, mode {stat.S_IMODE(pst.st_mode):04o})")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a rename, a new file) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -167,7 +168,7 @@ class ObjectStore:
         try:
             target.parent.mkdir(exist_ok=True)
             safeio.replace_atomically(target, data, mode=0o444)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except OSError as exc:
             raise StoreError(f"{target}: cannot store object: {exc.strerror}") from None
         return digest
@@ -188,7 +189,7 @@ class ObjectStore:
                 return
             os.chmod(tmp_path, 0o444)
             os.replace(tmp_path, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except OSError as exc:
             tmp_path.unlink(missing_ok=True)
             raise StoreError(f"{target}: cannot store object: {exc.strerror}") from None

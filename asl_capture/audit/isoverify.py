@@ -34,6 +34,7 @@ from asl_capture.audit import checks
 from asl_capture.audit.recorded import Recorded
 from asl_capture.errors import ImageError, VerificationError
 from asl_capture.format import Manifest
+from asl_capture.verdict import Check, ChecksFailed, all_passed, failed
 from asl_capture.verify import ChainReport, verify_chain
 
 if TYPE_CHECKING:
@@ -42,17 +43,6 @@ if TYPE_CHECKING:
 CHECKS = ("chain", "iso-digest", "iso-files", "squashfs", "closure", "debian", "build-manifest")
 QUICK = ("chain", "iso-digest", "iso-files", "build-manifest")
 JSON_SCHEMA = "asl-verify/iso/1"
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    """One numbered check's outcome."""
-
-    number: int
-    name: str
-    ok: bool
-    detail: str
-    record: int | None = None
 
 
 @dataclass(frozen=True)
@@ -70,22 +60,18 @@ class IsoReport:
 
     @property
     def ok(self) -> bool:
-        wanted = QUICK if self.quick else CHECKS
-        return [c.name for c in self.checks] == list(wanted) and all(c.ok for c in self.checks)
+        return all_passed(self.checks, QUICK if self.quick else CHECKS)
 
     @property
     def failures(self) -> tuple[Check, ...]:
-        return tuple(c for c in self.checks if not c.ok)
+        return failed(self.checks)
 
 
-class IsoVerificationError(VerificationError):
+class IsoVerificationError(ChecksFailed):
     """At least one check failed; ``report`` holds them all."""
 
     def __init__(self, report: IsoReport) -> None:
-        first = report.failures[0]
-        more = len(report.failures) - 1
-        super().__init__(first.detail + (f" (and {more} more failed check(s))" if more else ""), check=first.name,
-                         record=first.record)
+        super().__init__(report.failures)
         self.report = report
 
 

@@ -34,8 +34,9 @@ EPILOG = ("\b\nExit status: 0 verified, 1 verification failed (a check failed), 
 def iso_cmd(iso: Path, provenance: Path, trust: tuple[Path, ...], quick: bool, keyrings: tuple[Path, ...],
             graph: Path | None, as_json: bool) -> None:
     """Verify ISO against its signed build record, offline and without root."""
-    from asl_capture.audit.isoverify import CHECKS, Check, IsoOptions, IsoReport, IsoVerificationError, verify_iso
+    from asl_capture.audit.isoverify import CHECKS, IsoOptions, IsoReport, IsoVerificationError, verify_iso
     from asl_capture.keys import load_trust
+    from asl_capture.verdict import Check
 
     def log(check: Check) -> None:
         if not as_json:

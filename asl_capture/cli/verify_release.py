@@ -11,7 +11,8 @@ import click
 from asl_capture.cli.run import CONTEXT, version_option
 from asl_capture.errors import AslError, VerificationError
 from asl_capture.keys import load_trust
-from asl_capture.release.verify import JSON_SCHEMA, Check, ReleaseReport, ReleaseVerificationError, verify_release
+from asl_capture.release.verify import JSON_SCHEMA, ReleaseReport, ReleaseVerificationError, verify_release
+from asl_capture.verdict import Check
 
 EPILOG = "\b\nExit status: 0 verified, 1 verification failed, 2 usage error or unreadable input."
 

@@ -37,6 +37,7 @@ from asl_capture.keys import Signer, load_signer, load_trust, read_passphrase
 from asl_capture.release import intoto
 from asl_capture.release.image import IsoVerifier, default_verifier, open_image
 from asl_capture.release.surface import Changes, check_version, image_surface, parse_version
+from asl_capture.store import fsync_dir
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -134,13 +135,6 @@ def _write(path: Path, data: bytes) -> tuple[bytes, int]:
         os.fsync(out.fileno())
     return hashlib.sha256(data).digest(), len(data)
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _copy_provenance(src: Path, dst: Path, files: dict[str, tuple[bytes, int]]) -> None:
@@ -323,11 +317,11 @@ def _publish(config: PublishConfig, release: Signer, release_public: Ed25519Publ
     _write(tmp / MINISIG_NAME, minisign.sign(sums, release.private_key, trusted_comment=comment).encode("ascii"))
     for directory, _dirs, _files in os.walk(tmp, topdown=False):
         os.chmod(directory, 0o755)  # noqa: S103 - a release is public: readable and listable by all
-        _fsync_dir(Path(directory))
+        fsync_dir(Path(directory))
     if os.path.lexists(target):
         raise ReleaseError(f"{target}: version {build.version} is already published")
     os.rename(tmp, target)
-    _fsync_dir(config.out)
+    fsync_dir(config.out)
     log(f"published {target}")
     return Published(directory=target, manifest=manifest, previous=previous[0] if previous else None,
                      changes=changes, method=verified.method)

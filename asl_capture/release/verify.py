@@ -35,6 +35,7 @@ from asl_capture.format.release import MANIFEST_NAME
 from asl_capture.release import intoto
 from asl_capture.release.image import IsoVerifier, default_verifier
 from asl_capture.release.publish import MINISIG_NAME, PROVENANCE_DIR, SUMS_NAME, read_small
+from asl_capture.verdict import Check, ChecksFailed, all_passed, failed
 from asl_capture.verify import verify_chain
 
 if TYPE_CHECKING:
@@ -44,16 +45,6 @@ CHECKS = ("manifest", "files", "sums", "chain", "dsse", "iso")
 JSON_SCHEMA = "asl-verify/release/1"
 _SUMS_LINE = re.compile(r"([0-9a-f]{64})  ([^\n]+)")
 _CHUNK = 1 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    """One numbered check's outcome."""
-
-    number: int
-    name: str
-    ok: bool
-    detail: str
 
 
 @dataclass(frozen=True)
@@ -67,20 +58,18 @@ class ReleaseReport:
 
     @property
     def ok(self) -> bool:
-        return [c.name for c in self.checks] == list(CHECKS) and all(c.ok for c in self.checks)
+        return all_passed(self.checks, CHECKS)
 
     @property
     def failures(self) -> tuple[Check, ...]:
-        return tuple(c for c in self.checks if not c.ok)
+        return failed(self.checks)
 
 
-class ReleaseVerificationError(VerificationError):
+class ReleaseVerificationError(ChecksFailed):
     """At least one check failed; ``report`` holds them all."""
 
     def __init__(self, report: ReleaseReport) -> None:
-        first = report.failures[0]
-        more = len(report.failures) - 1
-        super().__init__(first.detail + (f" (and {more} more failed check(s))" if more else ""), check=first.name)
+        super().__init__(report.failures)
         self.report = report
 
 
