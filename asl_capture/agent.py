@@ -37,12 +37,12 @@ import struct
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 from asl_capture import chain, cose, dcbor
 from asl_capture.errors import AgentError, AslError, CborError, VerificationError
 from asl_capture.format import CHECKPOINT_CONTENT_TYPE, STEP_CONTENT_TYPE, Checkpoint, StepRecord
+from asl_capture.frozen import frozen
 from asl_capture.keys import Signer
 from asl_capture.store import ProvenanceDir
 
@@ -347,7 +347,7 @@ def _call(path: str, request: dict[str, dcbor.Value]) -> dict[str, dcbor.Value]:
     return reply
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AgentSigner:
     """Signs through the agent of an enclosing capture (a :class:`~asl_capture.cose.MessageSigner`)."""
 

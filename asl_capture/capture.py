@@ -13,7 +13,7 @@ import os
 import secrets
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from asl_capture import chain, envpolicy, gcpause, projectconfig
@@ -22,6 +22,7 @@ from asl_capture.context import host_info, read_sources, vcs_info
 from asl_capture.cose import MessageSigner
 from asl_capture.errors import AslError, CaptureError, CheckpointError, RecordWriteError, UsageError
 from asl_capture.format import Attachment, Inputs, Log, Manifest, Outputs, Source, StepRecord, Vcs, diff
+from asl_capture.frozen import frozen
 from asl_capture.hashing import Hasher
 from asl_capture.keys import ENV_KEY, ENV_PASSPHRASE_FILE, PASSPHRASE_ENV, Signer, ephemeral_signer, signing_key
 from asl_capture.manifest import Excluder, label_for, snapshot
@@ -38,7 +39,7 @@ EXIT_CANNOT_START = 127
 EXIT_CAPTURE_FAILED = 125
 
 
-@dataclass(frozen=True)
+@frozen
 class CaptureConfig:
     """Everything one capture needs. Paths are as given; ``environ`` is the caller's environment."""
 
@@ -60,7 +61,7 @@ class CaptureConfig:
     progress: Callable[[str], None] | None = field(default=None, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CaptureOutcome:
     """What happened: the exit code ``asl-capture`` should return and the record appended."""
 
@@ -193,7 +194,7 @@ def _capture(config: CaptureConfig, notify: Callable[[str], None]) -> CaptureOut
         release_signals()
 
 
-@dataclass(frozen=True)
+@frozen
 class _Before:
     """What a capture knew before the command ran, for writing its record afterwards."""
 

@@ -18,7 +18,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from asl_capture import cose, dcbor, safeio
@@ -32,10 +32,11 @@ from asl_capture.errors import (
     TruncatedCbor,
 )
 from asl_capture.format import CHECKPOINT_CONTENT_TYPE, STEP_CONTENT_TYPE, Checkpoint, StepRecord
+from asl_capture.frozen import frozen
 from asl_capture.store import ProvenanceDir
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Item:
     """One whole chain item: its offset, its exact bytes and (when split from a chain) its decoded value."""
 
@@ -48,7 +49,7 @@ class Item:
         return hashlib.sha256(self.raw).digest()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Scan:
     """The chain split into items. ``torn`` is (offset, length) of a partial last item, if any;
     ``zeros`` says the torn tail is only zero bytes (what an unclean shutdown can leave)."""
@@ -197,7 +198,7 @@ def locked(prov: ProvenanceDir) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Head:
     """Where the chain stands: the next seq, the previous item's digest, the chain id, the end offset."""
 
@@ -394,7 +395,7 @@ def _cut_back(fd: int, end: int) -> None:
         os.fsync(fd)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RepairResult:
     """What :func:`repair` did: bytes removed, where, and where a copy of them was kept."""
 

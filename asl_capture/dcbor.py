@@ -12,10 +12,10 @@ only ever raise :class:`~asl_capture.errors.CborError` and so that encoding does
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Union
 
 from asl_capture.errors import CborError, TruncatedCbor
+from asl_capture.frozen import frozen
 
 #: Values this module encodes and decodes.
 Value = Union[int, bytes, str, bool, None, list["Value"], dict[str, "Value"], "Tag"]
@@ -24,7 +24,7 @@ MAX_DEPTH = 64
 _U64 = 1 << 64
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Tag:
     """A CBOR tag (major type 6) around a value."""
 

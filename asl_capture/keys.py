@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asl_capture import safeio
 from asl_capture.cose import key_id, raw_public_bytes, sign
 from asl_capture.errors import KeyFileError
+from asl_capture.frozen import frozen
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -31,7 +31,7 @@ ENV_KEY = "ASL_CAPTURE_KEY"
 ENV_PASSPHRASE_FILE = "ASL_CAPTURE_PASSPHRASE_FILE"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Signer:
     """A private key held in this process and its key id. Its ``repr`` never shows key material.
 
@@ -389,7 +389,7 @@ def save_seed(path: Path, seed: bytes) -> None:
     _write_new(path, _PEM_BEGIN + b"\n" + body + b"\n" + _PEM_END + b"\n", 0o600)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class KeySource:
     """Which signing key to use, with its passphrase file; ``created`` is the key id of a development
     key made just now (else None)."""

@@ -11,11 +11,11 @@ import functools
 import operator
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from asl_capture import gcpause
 from asl_capture.format.tree import Entry, Manifest
+from asl_capture.frozen import frozen
 from asl_capture.hashing import Hasher
 from asl_capture.scan import Row, Skip, scan
 
@@ -31,7 +31,7 @@ def label_for(root: Path, base: Path) -> bytes:
     return os.fsencode(absolute)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Excluder:
     """Which paths a snapshot skips, each with its subtree: those a glob pattern matches (by label
     or name) and the ``absolute`` paths. The walk (``scan.py``) also always skips ``.git``."""

@@ -7,18 +7,18 @@ wants (``provenance``) and leaves out its scratch trees (``exclude``). Command-l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from asl_capture import safeio
 from asl_capture.errors import UsageError
+from asl_capture.frozen import frozen
 
 #: A pyproject.toml larger than this is refused (it is read whole, before anything runs).
 MAX_SIZE = 4 << 20
 _KEYS = frozenset({"provenance", "exclude"})
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ProjectConfig:
     """Defaults read from the project's ``pyproject.toml``."""
 

@@ -16,19 +16,19 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 from asl_capture import safeio
 from asl_capture.errors import StoreError
+from asl_capture.frozen import frozen
 from asl_capture.store import ObjectStore
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _CHUNK = 1 << 18
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StoredLog:
     """A stream's bytes, stored as an object: its SHA-256 and size."""
 
@@ -36,7 +36,7 @@ class StoredLog:
     size: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RunResult:
     """How the child ended. ``returncode`` is negative -N when signal N ended it, None if it never ran."""
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from asl_capture import safeio, statcache
 from asl_capture.errors import SnapshotError
+from asl_capture.frozen import frozen
 from asl_capture.statcache import CacheRecord, Ident, StatCache
 
 #: ``(label, kind, permission bits, size, extra)``: a manifest entry as a plain tuple.
@@ -35,7 +36,7 @@ _S_IFMT, _S_IFREG, _S_IFDIR, _S_IFLNK = 0o170000, stat.S_IFREG, stat.S_IFDIR, st
 _OTHER_KINDS = {stat.S_IFCHR: "c", stat.S_IFBLK: "b", stat.S_IFIFO: "p", stat.S_IFSOCK: "s"}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Skip:
     """Which children the walk leaves out (with their subtrees)."""
 

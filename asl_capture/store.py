@@ -10,16 +10,16 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from asl_capture import safeio
 from asl_capture.errors import StoreError
+from asl_capture.frozen import frozen
 
 CHAIN_NAME = "chain.cbor"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ProvenanceDir:
     """Paths inside one provenance directory."""
 

@@ -7,12 +7,12 @@ raised as :class:`ChecksFailed`, named after the first failed check.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from asl_capture.errors import VerificationError
+from asl_capture.frozen import frozen
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Check:
     """One numbered check's outcome (``record``: the chain record it names, if any)."""
 

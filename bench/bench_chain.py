@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ensure_in_toto, make_key, summary
+from common import compile_package, ensure_in_toto, make_key, summary
 
 from asl_capture import chain
 from asl_capture.format import Changes, Host, Inputs, Log, Manifest, Outputs, StepRecord
@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--verify-reps", type=int, default=5)
     args = parser.parse_args()
     ensure_in_toto()
+    compile_package()
     chain_dir = Path(tempfile.gettempdir()) / "asl-bench-chain-v3"
     pub = build_chain(chain_dir, args.records)
     verify = [shutil.which("asl-verify") or "asl-verify", "chain", str(chain_dir / "prov"), "--trust", str(pub)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import compileall
 import shutil
 import statistics
 import subprocess
@@ -13,6 +14,16 @@ def ensure_in_toto() -> None:
     """Install in-toto 3.1.0 from PyPI if ``in-toto-run`` is missing (the bench only needs it)."""
     if shutil.which("in-toto-run") is None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "in-toto==3.1.0"], check=True)
+
+
+def compile_package() -> None:
+    """Write the bytecode of ``asl_capture`` as ``pip install`` of a wheel does (and as in-toto's own
+    install has). An editable install never writes it, and with ``PYTHONDONTWRITEBYTECODE`` set
+    every start would compile the package from source: a start-up figure about the install, not the
+    tool."""
+    import asl_capture
+
+    compileall.compile_dir(str(Path(asl_capture.__file__).parent), quiet=1)
 
 
 def make_key(work: Path) -> Path:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+
+from asl_capture.frozen import frozen
 
 SHOWN = 8
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Seen:
     """One path as found in an image (or recorded): the fields both sides can state."""
 

@@ -22,17 +22,17 @@ import shutil
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from asl_capture.audit.recorded import Recorded
 from asl_capture.errors import UsageError, VerificationError
+from asl_capture.frozen import frozen
 
 MAX_KEYRING = 16 << 20
 _ARMOR = re.compile(rb"-----BEGIN PGP PUBLIC KEY BLOCK-----\r?\n(.*?)-----END PGP PUBLIC KEY BLOCK-----", re.S)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Source:
     seq: int
     uri: str

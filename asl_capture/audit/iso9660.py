@@ -16,9 +16,9 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from dataclasses import dataclass
 
 from asl_capture.errors import ImageError
+from asl_capture.frozen import frozen
 
 SECTOR = 2048
 SYSTEM_AREA = 16 * SECTOR
@@ -30,7 +30,7 @@ _KINDS = {0o100000: "f", 0o040000: "d", 0o120000: "l", 0o020000: "c", 0o060000: 
           0o140000: "s"}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class IsoNode:
     """One path of the ISO. ``extents``: (byte offset, length) of a file's data, in order."""
 

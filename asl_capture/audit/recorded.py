@@ -14,6 +14,7 @@ from pathlib import Path
 from asl_capture import dcbor
 from asl_capture.errors import CborError, StoreError, VerificationError
 from asl_capture.format import Entry, Manifest, StepRecord
+from asl_capture.frozen import frozen
 from asl_capture.store import ObjectStore, ProvenanceDir
 from asl_capture.verify import ChainReport
 
@@ -21,7 +22,7 @@ CONTENTS_TYPE = "asl-iso-contents"
 CONTENTS_VERSION = 1
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class IsoContents:
     """The ``iso`` step's own account of its ISO (``pipeline/tools/isocontents.py`` writes it).
 

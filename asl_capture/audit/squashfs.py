@@ -22,10 +22,10 @@ import os
 import struct
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from asl_capture.errors import ImageError
+from asl_capture.frozen import frozen
 
 MAGIC = 0x73717368
 SUPERBLOCK = struct.Struct("<IIIIIHHHHHHQQQQQQQQ")
@@ -52,7 +52,7 @@ class FileData(NamedTuple):
     size: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Node:
     """One path of the image. ``size``: file size, symlink target length, else 0."""
 

@@ -12,7 +12,6 @@ Every command and group has ``-h``/``--help`` and ``--version``.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
@@ -30,6 +29,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
 def _json_usage_error(prog_name: str, exc: click.UsageError, schemas: dict[str, str], argv: list[str]) -> None:
+    import json  # only here: asl-capture's start-up does not pay for it
+
     # the subcommand's schema: the first word naming one (click's error does not always carry it)
     command = next((arg for arg in argv if arg in schemas), "")
     out = {"schema": schemas.get(command, f"{prog_name}/error/1"), "verdict": "error", "checks": [],

@@ -293,20 +293,42 @@ class Struct:
         """
         parse = _PARSERS.get(cls)
         if parse is None:
-            parse = _PARSERS[cls] = _compile(cls)
+            uses = _USES[cls] = _USES.get(cls, 0) + 1
+            if uses <= INTERPRET_FIRST:
+                return interpret(cls, value, where)
+            parse = _PARSERS[cls] = compile_parser(cls)
         return parse(cls, value, where)  # type: ignore[no-any-return]
 
 
-#: The compiled parser of each :class:`Struct` type, made on its first use (it is a dataclass by then).
+#: How many documents of a type are parsed by :func:`interpret` before its parser is compiled:
+#: compiling costs about what parsing a dozen records does, so one-record tools (``asl-capture``
+#: reads its chain's head) never pay for it and a verifier of thousands of records does once.
+INTERPRET_FIRST = 12
+_USES: dict[type, int] = {}
+#: The compiled parser of each :class:`Struct` type, made once it is used often enough.
 _PARSERS: dict[type, Callable[..., Any]] = {}
 
 
-def _compile(cls: type[Struct]) -> Callable[..., Any]:
+def _required(cls: type[Struct]) -> tuple[str, ...]:
+    return (("v",) if cls.VERSION is not None else ()) + tuple(n for n in cls.FIELDS if n not in cls.OPTIONAL)
+
+
+def interpret(cls: type[_S], value: Value, where: str) -> _S:
+    """What :meth:`Struct.from_value` means, read off ``FIELDS`` directly (the compiled parser of
+    :func:`compile_parser` is the same checks as straight-line code; a test holds them to the same results)."""
+    body = fields(value, where, _required(cls), cls.OPTIONAL)
+    p = where + "." if where else ""
+    if cls.VERSION is not None and (type(body["v"]) is not int or body["v"] != cls.VERSION):
+        version(body["v"], p + "v", cls.VERSION)
+    return cls(**{name: check(body[name], p + name) for name, check in cls.FIELDS.items() if name in body})
+
+
+def compile_parser(cls: type[Struct]) -> Callable[..., Any]:
     """The parser of ``cls``: what :meth:`Struct.from_value` means, as straight-line code (see
     :data:`_PASSES`). An absent optional field takes its dataclass field's default."""
     defaults = {f.name: f.default for f in dataclasses.fields(cls)  # type: ignore[arg-type]
                 if f.default is not dataclasses.MISSING}
-    required = (("v",) if cls.VERSION is not None else ()) + tuple(n for n in cls.FIELDS if n not in cls.OPTIONAL)
+    required = _required(cls)
     env: dict[str, Any] = {"mapping": mapping, "fields": fields, "version": version, "REQUIRED": required,
                            "REQUIRED_SET": frozenset(required), "ALLOWED": frozenset(required) | cls.OPTIONAL,
                            "OPTIONAL": cls.OPTIONAL, "VERSION": cls.VERSION}

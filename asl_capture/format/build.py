@@ -18,6 +18,7 @@ from asl_capture.dcbor import Value
 from asl_capture.errors import FormatError
 from asl_capture.format import _check as c
 from asl_capture.format.constants import BUILD_MANIFEST_VERSION
+from asl_capture.frozen import frozen
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -40,7 +41,7 @@ class BuildSource:
                    sha256=c.digest(item[2], c.index(where, 2)))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TreeDigest(c.Struct):
     """``{"manifest", "paths"}``: the digest of a tree's manifest and how many paths it lists."""
 
@@ -50,7 +51,7 @@ class TreeDigest(c.Struct):
     FIELDS: ClassVar[Mapping[str, c.Check]] = {"manifest": c.digest, "paths": c.uint}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SystemTree(c.Struct):
     """``{"manifest", "paths", "files"}``: the system tree's manifest digest, path and file counts."""
 
@@ -75,7 +76,7 @@ def _sources(value: Value, where: str) -> tuple[BuildSource, ...]:
     return sources
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BuildManifest(c.Struct):
     """What went into the image, by digest. ``sources`` are sorted and unique."""
 
@@ -118,7 +119,7 @@ class BuildManifest(c.Struct):
         if "sources_digest" not in body:
             raise FormatError(c.at(where, "sources_digest"), "missing")
         digest = c.digest(body.pop("sources_digest"), c.at(where, "sources_digest"))
-        manifest = super(BuildManifest, cls).from_value(body, where)
+        manifest = super(BuildManifest, cls).from_value(body, where)  # noqa: UP008 - a slots dataclass is a new class: bare super() fails
         if digest != sources_digest(manifest.sources):
             raise FormatError(c.at(where, "sources_digest"), "is not the SHA-256 of the encoded sources")
         return manifest

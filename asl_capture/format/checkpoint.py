@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import ClassVar
 
 from asl_capture import dcbor
 from asl_capture.format import _check as c
 from asl_capture.format.constants import CHECKPOINT_VERSION
 from asl_capture.format.record import CHAIN_ID_SIZE
+from asl_capture.frozen import frozen
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Checkpoint(c.Struct):
     """``{"v": 1, "chain", "seq", "digest"}``: record ``seq`` of chain ``chain`` has SHA-256 ``digest``."""
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import ClassVar
 
 from asl_capture import dcbor
@@ -19,6 +18,7 @@ from asl_capture.dcbor import Value
 from asl_capture.errors import FormatError
 from asl_capture.format import _check as c
 from asl_capture.format.constants import RECORD_VERSION
+from asl_capture.frozen import frozen
 
 STATUSES = ("ok", "failed", "interrupted")
 CHAIN_ID_SIZE = 16
@@ -27,7 +27,7 @@ RUN_ID_SIZE = 16
 PUBLIC_KEY_SIZE = 32
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Inputs(c.Struct):
     """``inputs``: the tree manifest of what the step could read, with its counts."""
 
@@ -38,7 +38,7 @@ class Inputs(c.Struct):
     FIELDS: ClassVar[Mapping[str, c.Check]] = {"manifest": c.digest, "entries": c.uint, "files": c.uint}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Outputs(c.Struct):
     """``outputs``: the output roots' manifests after and before the step, their change list, counts."""
 
@@ -57,7 +57,7 @@ class Outputs(c.Struct):
     }
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Log(c.Struct):
     """``stdout`` / ``stderr``: the digest and size of the byte-exact stream, stored as an object."""
 
@@ -67,7 +67,7 @@ class Log(c.Struct):
     FIELDS: ClassVar[Mapping[str, c.Check]] = {"digest": c.digest, "size": c.uint}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Host(c.Struct):
     """``host``: where the step ran and which tool recorded it."""
 
@@ -81,7 +81,7 @@ class Host(c.Struct):
                                                             c.text)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Vcs(c.Struct):
     """``vcs``: the git commit and tree of the source checkout, and whether it had local changes."""
 
@@ -94,7 +94,7 @@ class Vcs(c.Struct):
                                                "dirty": c.boolean}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Source(c.Struct):
     """One thing a step took from outside the build (``sources``): its URI, SHA-256 and kind."""
 
@@ -111,7 +111,7 @@ class Source(c.Struct):
     OPTIONAL: ClassVar[frozenset[str]] = frozenset({"via", "name", "version", "size"})
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Attachment(c.Struct):
     """One file a step stored whole as an object (``asl-capture --attach``): its path, digest and size."""
 
@@ -140,7 +140,7 @@ def _env_bytes(value: Value, where: str) -> tuple[tuple[bytes, str | bytes | Non
     return tuple(out)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StepRecord(c.Struct):
     """One captured step, version 1. ``chain``, ``seq`` and ``prev`` place it in its chain."""
 

@@ -11,14 +11,13 @@ content type :data:`~asl_capture.format.constants.RELEASE_CONTENT_TYPE`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from asl_capture import dcbor
 from asl_capture.dcbor import Value
 from asl_capture.errors import FormatError
 from asl_capture.format import _check as c
 from asl_capture.format.constants import RELEASE_VERSION
 from asl_capture.format.record import CHAIN_ID_SIZE, PUBLIC_KEY_SIZE
+from asl_capture.frozen import frozen
 
 #: The manifest's file name in a release directory.
 MANIFEST_NAME = "RELEASE.cbor"
@@ -26,7 +25,7 @@ _FIELDS = ("v", "name", "version", "iso", "image", "chain", "head", "source_date
            "compat")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BuildKey:
     """A key that signed the build's chain: its key id, raw public key, and whether it was ephemeral."""
 
@@ -45,7 +44,7 @@ class BuildKey:
                    ephemeral=c.boolean(body["ephemeral"], c.at(where, "ephemeral")))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReleaseFile:
     """One file of the release directory: ``/``-separated path relative to it, SHA-256, size."""
 
@@ -65,7 +64,7 @@ class ReleaseFile:
                    size=c.uint(row[2], c.index(where, 2)))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Surface:
     """What the versioning rule compares: the record format's major version, the spec's overlay layout
     paths present in the image (path -> kind), and ``config.yaml``'s schema (key path -> type)."""
@@ -87,7 +86,7 @@ class Surface:
                    config={k: c.text(v, c.at(c.at(where, "config"), k)) for k, v in config.items()})
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReleaseManifest:
     """The payload of ``RELEASE.cbor``, version 1."""
 

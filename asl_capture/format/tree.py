@@ -19,6 +19,7 @@ from asl_capture.dcbor import Value
 from asl_capture.errors import FormatError
 from asl_capture.format import _check as c
 from asl_capture.format.constants import MANIFEST_VERSION
+from asl_capture.frozen import frozen
 
 KINDS = ("f", "d", "l", "c", "b", "p", "s")
 MODE_BITS = 0o7777
@@ -198,7 +199,7 @@ class Manifest(c.Struct):
         return cls.from_value(dcbor.decode(data))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Changes(c.Struct):
     """What differs between two manifests of the same roots."""
 

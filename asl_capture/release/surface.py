@@ -17,12 +17,12 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from asl_capture.errors import ReleaseError, UsageError
 from asl_capture.format import Surface
+from asl_capture.frozen import frozen
 
 #: The spec's overlay layout (ASL/AUTH-HOST-IMAGE/1 section 3), relative to the image's root.
 SPEC_LAYOUT = (
@@ -157,7 +157,7 @@ def image_surface(tree: ImageTree, *, record_format: int) -> Surface:
                    config=config_schema(tree.read(CONFIG_PATH, limit=MAX_CONFIG)))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Changes:
     """How a surface changed: incompatible changes and additions, each one human-readable line."""
 

@@ -20,6 +20,12 @@ from asl_capture.format import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _both_parser_paths(parser_path: str) -> str:
+    """Every test here runs with the interpreted and with the compiled parsers (conftest.py)."""
+    return parser_path
+
+
 def sha(label: str) -> bytes:
     return hashlib.sha256(label.encode()).digest()
 

@@ -19,6 +19,12 @@ from tests.unit.bodies import digest, full_body, full_record
 FieldPath = tuple[str | int, ...]
 
 
+@pytest.fixture(autouse=True)
+def _both_parser_paths(parser_path: str) -> str:
+    """Every test here runs with the interpreted and with the compiled parsers (conftest.py)."""
+    return parser_path
+
+
 REQUIRED = ("v", *(name for name in StepRecord.FIELDS if name not in StepRecord.OPTIONAL))
 
 

@@ -12,6 +12,12 @@ from asl_capture.format import BuildKey, ReleaseFile, ReleaseManifest, Surface
 from tests.unit.bodies import digest
 
 
+@pytest.fixture(autouse=True)
+def _both_parser_paths(parser_path: str) -> str:
+    """Every test here runs with the interpreted and with the compiled parsers (conftest.py)."""
+    return parser_path
+
+
 def manifest() -> ReleaseManifest:
     return ReleaseManifest(
         name="asl-auth-host", version="1.2.3", iso_name="a.iso", iso_sha256=digest("iso"), iso_size=7,
