@@ -9,12 +9,12 @@ signature before the payload is decoded and never re-encodes anything.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from asl_capture import dcbor
 from asl_capture.errors import CborError, VerificationError
 from asl_capture.format.constants import STEP_CONTENT_TYPE
+from asl_capture.frozen import frozen
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -53,9 +53,15 @@ def protected_header(kid: bytes, content_type: str = STEP_CONTENT_TYPE) -> bytes
     return bytes(out)
 
 
+#: The deterministic encoding of ``array(4), "Signature1"``: how every Sig_structure starts.
+_SIG_STRUCTURE_START = dcbor.encode(["Signature1"])[1:]
+
+
 def sig_structure(protected: bytes, payload: bytes) -> bytes:
-    """The bytes that are signed: ``["Signature1", protected, h'', payload]``."""
-    return dcbor.encode(["Signature1", protected, b"", payload])
+    """The bytes that are signed: ``["Signature1", protected, h'', payload]`` in deterministic CBOR
+    (written out directly: it is built once per record verified)."""
+    return b"".join((b"\x84", _SIG_STRUCTURE_START, dcbor.head(2, len(protected)), protected, b"\x40",
+                     dcbor.head(2, len(payload)), payload))
 
 
 def raw_public_bytes(public_key: Ed25519PublicKey) -> bytes:
@@ -75,7 +81,7 @@ def sign(payload: bytes, private_key: Ed25519PrivateKey, *, content_type: str = 
     return dcbor.encode(dcbor.Tag(COSE_SIGN1_TAG, [protected, {}, payload, signature]))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Sign1:
     """A structurally parsed, not yet verified COSE_Sign1 message."""
 

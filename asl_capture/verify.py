@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asl_capture import chain, cose, dcbor, safeio
+from asl_capture import chain, cose, dcbor, opening, safeio
 from asl_capture.errors import CborError, ChainError, StoreError, VerificationError
 from asl_capture.format import CHECKPOINT_CONTENT_TYPE, STEP_CONTENT_TYPE, Changes, Checkpoint, Manifest, StepRecord
+from asl_capture.frozen import frozen
 from asl_capture.store import ObjectStore, ProvenanceDir
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 CHECKS = ("decode", "signature", "payload", "linkage", "objects", "status")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StepNode:
     """A record in the step tree."""
 
@@ -36,7 +36,7 @@ class StepNode:
     children: tuple[StepNode, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ChainReport:
     """A verified chain: its records, head, signing keys and step tree."""
 
@@ -60,11 +60,14 @@ def verify_chain(
     *,
     log: Log | None = None,
     manifests: dict[bytes, Manifest] | None = None,
+    helpers: int | None = None,
 ) -> ChainReport:
     """Verify the chain in a provenance directory against trusted keys.
 
     ``log(number, check, detail)`` is called once per passed check. When ``manifests`` is given, every
     tree manifest check 5 decoded is left there by digest (callers that read them again save the work).
+    ``helpers`` forked processes share checks 2 and 3 (default: one per extra core on a long chain; 0:
+    none), with the same result and the same first error either way (:mod:`asl_capture.opening`).
 
     Raises:
         StoreError: the directory or its chain is missing (unreadable input).
@@ -96,18 +99,21 @@ def verify_chain(
             f"truncates it", check="decode", record=len(scan.items))
     emit(1, "decode", f"{len(scan.items)} COSE_Sign1 records, {scan.size} bytes")
 
-    _check_signatures(messages, trusted)
-    payloads = [m.payload for m in messages]
+    def check(index: int, msg: cose.Sign1) -> None:
+        problem = _trust_problem(msg, trusted, STEP_CONTENT_TYPE, "a step record")
+        if problem is not None:
+            raise VerificationError(problem, check="signature", record=index)
+
+    def parse(value: dcbor.Value, index: int) -> StepRecord:
+        try:
+            return StepRecord.from_value(value)
+        except CborError as exc:
+            raise VerificationError(str(exc), check="payload", record=index) from None
+
+    records = opening.open_records(messages, check, parse, helpers=helpers)
     kids = tuple(sorted({m.kid for m in messages}))
     emit(2, "signature", f"{len(messages)} signatures by {len(kids)} trusted key(s): "
                          + ", ".join(k.hex()[:16] for k in kids))
-
-    records: list[StepRecord] = []
-    for index, payload in enumerate(payloads):
-        try:
-            records.append(StepRecord.from_cbor(payload))
-        except CborError as exc:
-            raise VerificationError(str(exc), check="payload", record=index) from None
     emit(3, "payload", f"{len(records)} version-1 step records")
 
     chain_id = records[0].chain
@@ -191,19 +197,6 @@ def _trust_problem(msg: cose.Sign1, trusted: dict[bytes, Ed25519PublicKey], cont
     except VerificationError:
         return "Ed25519 signature does not verify"
     return None
-
-
-def _check_one(index: int, msg: cose.Sign1, trusted: dict[bytes, Ed25519PublicKey]) -> None:
-    problem = _trust_problem(msg, trusted, STEP_CONTENT_TYPE, "a step record")
-    if problem is not None:
-        raise VerificationError(problem, check="signature", record=index)
-
-
-def _check_signatures(messages: list[cose.Sign1], trusted: dict[bytes, Ed25519PublicKey]) -> None:
-    """Verify every signature in order, raising for the first bad one. (Checking them in forked
-    helpers was measured against this on the bench chain, bench/README.md, and did not pay.)"""
-    for index, msg in enumerate(messages):
-        _check_one(index, msg, trusted)
 
 
 class _Objects:

@@ -14,11 +14,12 @@ and prints min/median/max wall times, the ratios against their targets, and the 
 Then, in one child interpreter, interleaved round by round:
 
   (f) the walk of TREE (``asl_capture.scan.scan``) with every file in the stat cache,
-  (h) ``verify_chain`` of a 10,000-record chain (``bench_chain.py``'s).
+  (h) ``verify_chain`` of a 10,000-record chain (``bench_chain.py``'s), serial (``helpers=0``),
+  (i) the same with its default helpers (checks 2 and 3 shared with forked helpers, one per extra
+      core: ``asl_capture.opening``), and the i/h ratio against the 1.3x that keeps a pool.
 
-Both run in one process. Before the pools were removed (``git log bench/hash_tree.py``), this script
-also timed (g) the walk shared with forked helpers and (i) the signature checks split across forked
-helpers, against (f) and (h) in the same run; neither won by the 1.3x that would pay for it
+All run in one process. Before the shared walk was removed (``git log bench/hash_tree.py``), this
+script also timed (g) the walk shared with forked helpers against (f); it did not win by 1.3x
 (bench/README.md).
 
 Usage: ``python bench/hash_tree.py [--rounds N] [--tree DIR]``
@@ -40,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ensure_in_toto, make_key, summary
+from common import compile_package, ensure_in_toto, make_key, summary
 
 SEED = 20240601
 SMALL_FILES = 20_000
@@ -140,7 +141,7 @@ walk(sys.argv[1])
 """
 
 
-#: Rows (f) and (h), run in a child interpreter: ``python -c POOLS TREE CHAIN_DIR ROUNDS``.
+#: Rows (f), (h) and (i), run in a child interpreter: ``python -c POOLS TREE CHAIN_DIR ROUNDS``.
 POOLS = """
 import gc, sys, time
 from pathlib import Path
@@ -156,13 +157,14 @@ trusted = load_trust([chain_dir / "keys" / "bench.pub"])
 def walk():
     rows, misses = scan.scan([(bytes(tree), b".")], skip=scan.Skip(), cache=cache)
     assert not misses, len(misses)
-runs = {"f": walk, "h": lambda: verify.verify_chain(chain_dir / "prov", trusted)}
+runs = {"f": walk, "h": lambda: verify.verify_chain(chain_dir / "prov", trusted, helpers=0),
+        "i": lambda: verify.verify_chain(chain_dir / "prov", trusted)}
 gc.disable()
 for fn in runs.values():
     fn()  # warm-up, untimed
 order = list(runs)
 for r in range(rounds):
-    for k in order[r % 2:] + order[: r % 2]:
+    for k in order[r % 3:] + order[: r % 3]:
         start = time.perf_counter()
         runs[k]()
         print(k, time.perf_counter() - start, flush=True)
@@ -170,14 +172,14 @@ for r in range(rounds):
 
 
 def pool_rows(tree: Path, rounds: int) -> dict[str, list[float]]:
-    """Times of (f) and (h), from one child interpreter (see :data:`POOLS`)."""
+    """Times of (f), (h) and (i), from one child interpreter (see :data:`POOLS`)."""
     from bench_chain import build_chain
 
     chain_dir = Path(tempfile.gettempdir()) / "asl-bench-chain-v3"
     build_chain(chain_dir, 10_000)
     out = subprocess.run([sys.executable, "-c", POOLS, str(tree), str(chain_dir), str(rounds)],
                          capture_output=True, text=True, check=True).stdout
-    times: dict[str, list[float]] = {k: [] for k in "fh"}
+    times: dict[str, list[float]] = {k: [] for k in "fhi"}
     for line in out.splitlines():
         key, value = line.split()
         times[key].append(float(value))
@@ -187,19 +189,23 @@ def pool_rows(tree: Path, rounds: int) -> dict[str, list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--pool-rounds", type=int, default=15, help="rounds of rows (f) and (h)")
-    parser.add_argument("--only-pools", action="store_true", help="measure only rows (f) and (h)")
+    parser.add_argument("--pool-rounds", type=int, default=15, help="rounds of rows (f), (h) and (i)")
+    parser.add_argument("--only-pools", action="store_true", help="measure only rows (f), (h) and (i)")
     parser.add_argument("--tree", type=Path, default=Path(tempfile.gettempdir()) / f"asl-bench-tree-{TREE_VERSION}")
     args = parser.parse_args()
     tree: Path = args.tree.absolute()
     ensure_in_toto()
+    compile_package()
     ensure_tree(tree)
     files, size = tree_stats(tree)
     print(f"tree {tree}: {files} files, {size / 1e6:.0f} MB; cpus {len(os.sched_getaffinity(0))}")
     warm(tree)
     pools = pool_rows(tree, args.pool_rounds)
-    for k, label in {"f": "(f) walk, warm cache", "h": "(h) verify_chain 10k records"}.items():
+    for k, label in {"f": "(f) walk, warm cache", "h": "(h) verify_chain 10k records, serial",
+                     "i": "(i) verify_chain 10k records, forked"}.items():
         print(summary(label, pools[k]))
+    ratio = statistics.median(pools["i"]) / statistics.median(pools["h"])
+    print(f"i/h verify  {ratio:.3f}  keep the pool only if <= 0.77 (1.3x): {'KEEP' if ratio <= 0.77 else 'CUT'}")
     if args.only_pools:
         return
     with tempfile.TemporaryDirectory(prefix="asl-bench-") as tmp:

@@ -106,9 +106,7 @@ def chain_cmd(directory: Path, trust: tuple[Path, ...], as_json: bool) -> None:
         finally:
             sys.setrecursionlimit(limit)
     elif report is not None:
-        click.echo("steps:")
-        for line in _tree_lines(report.tree):
-            click.echo(line)
+        click.echo("\n".join(["steps:", *_tree_lines(report.tree)]))  # one write: a chain can be long
         click.echo(f"VERIFIED: {len(report.records)} records, chain {report.chain_id.hex()}, "
                    f"head seq {report.head_seq} sha256 {report.head_digest.hex()}")
     if error is not None:
