@@ -110,10 +110,19 @@ def verify_chain(
         except CborError as exc:
             raise VerificationError(str(exc), check="payload", record=index) from None
 
-    records = opening.open_records(messages, check, parse, helpers=helpers)
     kids = tuple(sorted({m.kid for m in messages}))
-    emit(2, "signature", f"{len(messages)} signatures by {len(kids)} trusted key(s): "
-                         + ", ".join(k.hex()[:16] for k in kids))
+
+    def signatures_held() -> None:
+        emit(2, "signature", f"{len(messages)} signatures by {len(kids)} trusted key(s): "
+                             + ", ".join(k.hex()[:16] for k in kids))
+
+    try:
+        records = opening.open_records(messages, check, parse, helpers=helpers)
+    except VerificationError as exc:
+        if exc.check == "payload":  # raised only once every signature held
+            signatures_held()
+        raise
+    signatures_held()
     emit(3, "payload", f"{len(records)} version-1 step records")
 
     chain_id = records[0].chain
