@@ -22,7 +22,7 @@ import os
 import struct
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from asl_capture.errors import ImageError
 from asl_capture.frozen import frozen
@@ -69,35 +69,36 @@ class Node:
     inode: int = 0
 
 
+class _Stream(Protocol):
+    @property
+    def eof(self) -> bool: ...
+
+    def decompress(self, data: bytes, max_length: int = ...) -> bytes: ...
+
+
+def _bounded(make: Callable[[], _Stream], error: type[Exception], name: str) -> Callable[[bytes, int], bytes]:
+    """``decompress(raw, limit)`` through a fresh streaming decompressor of the standard library."""
+    def decompress(raw: bytes, limit: int) -> bytes:
+        d = make()
+        try:
+            out = d.decompress(raw, limit + 1)
+        except error as exc:
+            raise ImageError(f"corrupt {name} block: {exc}") from None
+        if len(out) > limit:
+            raise ImageError(f"{name} block expands beyond {limit} bytes")
+        if not d.eof:
+            raise ImageError(f"truncated {name} block")
+        return out
+    return decompress
+
+
 def _decompressor(compressor: int) -> Callable[[bytes, int], bytes]:
     """``decompress(raw, limit)`` for the image's compressor; output longer than ``limit`` raises."""
     name = COMPRESSORS.get(compressor, f"#{compressor}")
     if name == "gzip":
-        def gzip(raw: bytes, limit: int) -> bytes:
-            d = zlib.decompressobj()
-            try:
-                out = d.decompress(raw, limit + 1)
-            except zlib.error as exc:
-                raise ImageError(f"corrupt gzip block: {exc}") from None
-            if len(out) > limit:
-                raise ImageError(f"gzip block expands beyond {limit} bytes")
-            if not d.eof:
-                raise ImageError("truncated gzip block")
-            return out
-        return gzip
+        return _bounded(zlib.decompressobj, zlib.error, "gzip")
     if name == "xz":
-        def xz(raw: bytes, limit: int) -> bytes:
-            d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
-            try:
-                out = d.decompress(raw, limit + 1)
-            except lzma.LZMAError as exc:
-                raise ImageError(f"corrupt xz block: {exc}") from None
-            if len(out) > limit:
-                raise ImageError(f"xz block expands beyond {limit} bytes")
-            if not d.eof:
-                raise ImageError("truncated xz block")
-            return out
-        return xz
+        return _bounded(lambda: lzma.LZMADecompressor(format=lzma.FORMAT_XZ), lzma.LZMAError, "xz")
     if name == "zstd":
         try:
             import zstandard

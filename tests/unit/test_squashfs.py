@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import lzma
 import os
 import re
 import shutil
 import subprocess
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from asl_capture.audit import squashfs
 from asl_capture.audit.squashfs import SUPERBLOCK, SquashImage
 from asl_capture.errors import ImageError
 
@@ -191,3 +195,20 @@ def test_a_file_whose_blocks_lie_outside_is_refused(tmp_path: Path) -> None:
     finally:
         os.close(fd)
 
+
+
+@pytest.mark.parametrize(("number", "name", "compress"), [
+    (1, "gzip", zlib.compress),
+    (4, "xz", lambda data: lzma.compress(data, format=lzma.FORMAT_XZ)),
+])
+def test_block_decompression_is_bounded_and_whole(number: int, name: str, compress: Callable[[bytes], bytes]) -> None:
+    """A block that expands past its limit, is cut short or is corrupt is refused, naming the compressor."""
+    decompress = squashfs._decompressor(number)
+    block = compress(b"squash" * 100)
+    assert decompress(block, 600) == b"squash" * 100
+    with pytest.raises(ImageError, match=f"{name} block expands beyond 599 bytes"):
+        decompress(block, 599)
+    with pytest.raises(ImageError, match=f"truncated {name} block"):
+        decompress(block[: len(block) // 2], 600)
+    with pytest.raises(ImageError, match=f"corrupt {name} block"):
+        decompress(b"\x00" * 8 + block, 600)
