@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import summary
+from common import compile_package, summary
 
 from tests.integration.pipeline_fixtures import copy_tree, iso_name, run_build
 
@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--trust", type=Path, help="the public key that signed that build")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    compile_package()
     with tempfile.TemporaryDirectory(prefix="asl-bench-verify-iso-") as tmp:
         work = Path(tmp)
         if args.repo is None:

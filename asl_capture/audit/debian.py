@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -81,21 +82,38 @@ def _release_sha256(text: bytes) -> dict[str, bytes]:
     return out
 
 
-_FILENAME = re.compile(rb"^Filename: (\S+)$", re.M)
+_FILENAME = b"Filename: "
 _SHA256 = re.compile(rb"^SHA256: ([0-9a-f]{64})$", re.M)
+
+
+def _filenames(index: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """Each ``Filename: NAME`` line of ``index`` (NAME one word, the whole rest of the line): its start,
+    its end and NAME. Found with ``bytes.find``, which is several times faster than a multi-line regex
+    over an index of tens of megabytes."""
+    line = b"\n" + _FILENAME
+    # ``at``: where the line starts (after the newline ``find`` matched), -1 when there is no more
+    at = 0 if index.startswith(_FILENAME) else (index.find(line) + 1 or -1)
+    while at >= 0:
+        begin = at + len(_FILENAME)
+        end = index.find(b"\n", begin)
+        end = len(index) if end < 0 else end
+        name = index[begin:end]
+        if name.split() == [name]:
+            yield at, end, name
+        at = index.find(line, end) + 1 or -1
 
 
 def index_sha256(index: bytes, wanted: set[str]) -> dict[str, bytes | None]:
     """The SHA256 field of each stanza of ``index`` whose Filename is in ``wanted`` (one pass; a name
     listed twice with different digests maps to None, which no digest equals)."""
     out: dict[str, bytes | None] = {}
-    for m in _FILENAME.finditer(index):
-        name = m.group(1).decode("utf-8", "replace")
+    for at, end, raw in _filenames(index):
+        name = raw.decode("utf-8", "replace")
         if name not in wanted:
             continue
-        start = index.rfind(b"\n\n", 0, m.start()) + 1
-        end = index.find(b"\n\n", m.end())
-        found = _SHA256.search(index, start, end if end >= 0 else len(index))
+        start = index.rfind(b"\n\n", 0, at) + 1
+        stop = index.find(b"\n\n", end)
+        found = _SHA256.search(index, start, stop if stop >= 0 else len(index))
         digest = bytes.fromhex(found.group(1).decode()) if found else None
         out[name] = digest if name not in out or out[name] == digest else None
     return out

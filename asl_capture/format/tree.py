@@ -48,6 +48,18 @@ class Entry(NamedTuple):
         Raises:
             FormatError: names the offending item (``entries[4][3]``).
         """
+        if type(value) is list and len(value) == 5:  # the common valid shapes, without naming each item
+            path, kind, mode, size, extra = value
+            if type(path) is str and type(mode) is int and 0 <= mode <= MODE_BITS and type(size) is int:
+                if kind == "f" and type(extra) is bytes and len(extra) == c.DIGEST_SIZE and 0 <= size < 1 << 64:
+                    return cls(path.encode(), "f", mode, size, extra)
+                if kind == "d" and extra is None and size == 0:
+                    return cls(path.encode(), "d", mode, 0, None)
+        return cls._checked(value, where)
+
+    @classmethod
+    def _checked(cls, value: Value, where: str) -> Entry:
+        """:meth:`from_value` for any value, naming the item that is wrong."""
         item = c.array(value, where)
         if len(item) != 5:
             raise FormatError(where, f"expected an array of 5, found {len(item)} item(s)")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
+from collections.abc import Callable
 
 import pytest
 
@@ -122,3 +124,26 @@ def test_changes_strict() -> None:
         Changes.from_value({"v": 1, "created": [], "modified": [], "deleted": [1]})
     with pytest.raises(FormatError, match=r"^created: missing$"):
         Changes.from_value({"v": 1, "modified": [], "deleted": []})
+
+
+def test_entry_fast_path_agrees_with_the_checked_one() -> None:
+    """Entry.from_value takes the common valid shapes without naming items: every value, valid or not,
+    must get what the item-by-item check gives."""
+    parts: list[list[dcbor.Value]] = [
+        ["a", "é", b"\xff", b"a", 1, None],
+        ["f", "d", "l", "c", "p", "x", b"f", None],
+        [0, 0o644, 0o7777, 0o10000, -1, True, "0"],
+        [0, 1, 32, (1 << 64) - 1, 1 << 64, -1, False],
+        [sha("a"), b"short", None, "a", 5, True, b"a" * 33],
+    ]
+
+    def outcome(parse: Callable[[dcbor.Value, str], Entry], value: dcbor.Value) -> object:
+        try:
+            return parse(value, "e")
+        except FormatError as exc:
+            return str(exc)
+
+    values: list[dcbor.Value] = [list(items) for items in itertools.product(*parts)]
+    values += [["a", "f", 0o644, 1], ["a", "f", 0o644, 1, sha("a"), None], "x", None]
+    for value in values:
+        assert outcome(Entry.from_value, value) == outcome(Entry._checked, value), value
