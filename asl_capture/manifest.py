@@ -80,7 +80,7 @@ def _snapshot(roots: Sequence[Path], base: Path, excluder: Excluder, hasher: Has
             continue
         pairs.append((os.fsencode(os.path.abspath(root)), label))
     skip = Skip(excluder.absolute, excluder.matches if excluder.patterns else None)
-    rows, misses = scan(pairs, skip=skip, cache=hasher.cache)
+    rows, misses = scan(pairs, skip=skip, cache=hasher.cache, workers=hasher.workers)
     if misses:
         known = sum(1 for row in rows if row[1] == "f") if progress is not None else 0
         digests = hasher.hash_files([(abs_path, identity) for _label, abs_path, identity in misses],

@@ -11,16 +11,14 @@ outside the repository, warms the page cache, then measures in one run, interlea
       ``os.scandir``/``lstat`` and doing nothing else, the floor under (b) for a Python tool,
 
 and prints min/median/max wall times, the ratios against their targets, and the peak RSS of (a).
-Then, in one child interpreter, interleaved round by round:
+Then, in one child interpreter, interleaved round by round, the pools against their serial peers:
 
-  (f) the walk of TREE (``asl_capture.scan.scan``) with every file in the stat cache,
+  (f) the walk of TREE (``asl_capture.scan.scan``) with every file in the stat cache, one process,
+  (g) the same walk shared with forked helpers (one per core),
   (h) ``verify_chain`` of a 10,000-record chain (``bench_chain.py``'s), serial (``helpers=0``),
-  (i) the same with its default helpers (checks 2 and 3 shared with forked helpers, one per extra
-      core: ``asl_capture.opening``), and the i/h ratio against the 1.3x that keeps a pool.
+  (i) the same with checks 2 and 3 shared with forked helpers (``asl_capture.opening``),
 
-All run in one process. Before the shared walk was removed (``git log bench/hash_tree.py``), this
-script also timed (g) the walk shared with forked helpers against (f); it did not win by 1.3x
-(bench/README.md).
+and prints g/f and i/h: a pool is worth keeping only when it is at least 1.3x faster (ratio <= 0.77).
 
 Usage: ``python bench/hash_tree.py [--rounds N] [--tree DIR]``
 """
@@ -141,12 +139,12 @@ walk(sys.argv[1])
 """
 
 
-#: Rows (f), (h) and (i), run in a child interpreter: ``python -c POOLS TREE CHAIN_DIR ROUNDS``.
+#: The pool rows (f)-(i), run in a child interpreter: ``python -c POOLS TREE CHAIN_DIR ROUNDS``.
 POOLS = """
 import gc, sys, time
 from pathlib import Path
 from asl_capture import scan, verify
-from asl_capture.hashing import Hasher
+from asl_capture.hashing import Hasher, available_cpus
 from asl_capture.keys import load_trust
 from asl_capture.manifest import snapshot
 from asl_capture.statcache import StatCache
@@ -154,17 +152,19 @@ tree, chain_dir, rounds = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 cache = StatCache()
 snapshot([tree], base=tree, hasher=Hasher(cache=cache, progress_after=1e9))  # every file now cached
 trusted = load_trust([chain_dir / "keys" / "bench.pub"])
-def walk():
-    rows, misses = scan.scan([(bytes(tree), b".")], skip=scan.Skip(), cache=cache)
+cpus = available_cpus()
+def walk(workers):
+    rows, misses = scan.scan([(bytes(tree), b".")], skip=scan.Skip(), cache=cache, workers=workers)
     assert not misses, len(misses)
-runs = {"f": walk, "h": lambda: verify.verify_chain(chain_dir / "prov", trusted, helpers=0),
+runs = {"f": lambda: walk(1), "g": lambda: walk(cpus),
+        "h": lambda: verify.verify_chain(chain_dir / "prov", trusted, helpers=0),
         "i": lambda: verify.verify_chain(chain_dir / "prov", trusted)}
 gc.disable()
 for fn in runs.values():
     fn()  # warm-up, untimed
 order = list(runs)
 for r in range(rounds):
-    for k in order[r % 3:] + order[: r % 3]:
+    for k in order[r % 4:] + order[: r % 4]:
         start = time.perf_counter()
         runs[k]()
         print(k, time.perf_counter() - start, flush=True)
@@ -172,14 +172,14 @@ for r in range(rounds):
 
 
 def pool_rows(tree: Path, rounds: int) -> dict[str, list[float]]:
-    """Times of (f), (h) and (i), from one child interpreter (see :data:`POOLS`)."""
+    """Times of (f)-(i), from one child interpreter (see :data:`POOLS`)."""
     from bench_chain import build_chain
 
     chain_dir = Path(tempfile.gettempdir()) / "asl-bench-chain-v3"
     build_chain(chain_dir, 10_000)
     out = subprocess.run([sys.executable, "-c", POOLS, str(tree), str(chain_dir), str(rounds)],
                          capture_output=True, text=True, check=True).stdout
-    times: dict[str, list[float]] = {k: [] for k in "fhi"}
+    times: dict[str, list[float]] = {k: [] for k in "fghi"}
     for line in out.splitlines():
         key, value = line.split()
         times[key].append(float(value))
@@ -189,8 +189,8 @@ def pool_rows(tree: Path, rounds: int) -> dict[str, list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--pool-rounds", type=int, default=15, help="rounds of rows (f), (h) and (i)")
-    parser.add_argument("--only-pools", action="store_true", help="measure only rows (f), (h) and (i)")
+    parser.add_argument("--pool-rounds", type=int, default=15, help="rounds of the pool rows (f)-(i)")
+    parser.add_argument("--only-pools", action="store_true", help="measure only the pool rows (f)-(i)")
     parser.add_argument("--tree", type=Path, default=Path(tempfile.gettempdir()) / f"asl-bench-tree-{TREE_VERSION}")
     args = parser.parse_args()
     tree: Path = args.tree.absolute()
@@ -201,11 +201,13 @@ def main() -> None:
     print(f"tree {tree}: {files} files, {size / 1e6:.0f} MB; cpus {len(os.sched_getaffinity(0))}")
     warm(tree)
     pools = pool_rows(tree, args.pool_rounds)
-    for k, label in {"f": "(f) walk, warm cache", "h": "(h) verify_chain 10k records, serial",
-                     "i": "(i) verify_chain 10k records, forked"}.items():
-        print(summary(label, pools[k]))
-    ratio = statistics.median(pools["i"]) / statistics.median(pools["h"])
-    print(f"i/h verify  {ratio:.3f}  keep the pool only if <= 0.77 (1.3x): {'KEEP' if ratio <= 0.77 else 'CUT'}")
+    pool_labels = {"f": "(f) walk, warm cache, serial", "g": "(g) walk, warm cache, shared (forked)",
+                   "h": "(h) verify_chain 10k records, serial", "i": "(i) verify_chain 10k records, forked"}
+    for k, label in pool_labels.items():
+        print(summary(label, pools[k], width=38))
+    for name, pool, serial in (("g/f walk", "g", "f"), ("i/h verify", "i", "h")):
+        ratio = statistics.median(pools[pool]) / statistics.median(pools[serial])
+        print(f"{name:<12} {ratio:.3f}  keep the pool only if <= 0.77 (1.3x): {'KEEP' if ratio <= 0.77 else 'CUT'}")
     if args.only_pools:
         return
     with tempfile.TemporaryDirectory(prefix="asl-bench-") as tmp:

@@ -1,4 +1,4 @@
-"""The lstat walk: every kind of entry, exclusions, the stat cache, errors that name the path."""
+"""The shared lstat walk: helpers change nothing but speed, and losing one loses no row."""
 
 from __future__ import annotations
 
@@ -21,6 +21,22 @@ from asl_capture.hashing import Hasher
 from asl_capture.manifest import Excluder, snapshot
 from asl_capture.statcache import StatCache
 from tests.conftest import run_without_dac
+
+
+@pytest.fixture
+def share_early(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Share the walk as soon as two directories wait; count how often it was shared."""
+    monkeypatch.setattr(scan, "_SHARE_DIRS", 2)
+    monkeypatch.setattr(scan, "_SHARE_PATHS", 1)
+    shared: list[int] = []
+    real = scan._share
+
+    def counting(subtrees: list[scan.Dir], walk: Any, workers: int) -> None:
+        shared.append(len(subtrees))
+        real(subtrees, walk, workers)
+
+    monkeypatch.setattr(scan, "_share", counting)
+    return shared
 
 
 def _tree(base: Path) -> Path:
@@ -51,11 +67,13 @@ def _snap(root: Path, workers: int, cache: StatCache | None = None) -> Manifest:
     return snapshot([root], base=root.parent, excluder=excluder, hasher=Hasher(cache=cache, workers=workers))
 
 
-def test_walk_records_every_kind_and_hashing_helpers_change_nothing(tmp_path: Path) -> None:
+def test_shared_walk_gives_the_serial_manifest(tmp_path: Path, share_early: list[int]) -> None:
     root = _tree(tmp_path)
     serial = _snap(root, 1)
-    for workers in (2, 3):
+    assert share_early == []  # one process never shares
+    for workers in (2, 3, 5):
         assert _snap(root, workers) == serial
+    assert len(share_early) == 3 and all(n >= 2 for n in share_early)
     labels = [e.path for e in serial.entries]
     assert labels == sorted(labels) and len(labels) == len(set(labels))
     by_path = serial.by_path()
@@ -69,7 +87,8 @@ def test_walk_records_every_kind_and_hashing_helpers_change_nothing(tmp_path: Pa
             assert e.extra == hashlib.sha256((tmp_path / os.fsdecode(e.path)).read_bytes()).digest()
 
 
-def test_walk_fills_and_uses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shared_walk_fills_and_uses_the_cache(tmp_path: Path, share_early: list[int],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(statcache, "RACY_NS", -(10**12))  # trust entries at once: no waiting in a test
     root = _tree(tmp_path)
     cache = StatCache()
@@ -82,14 +101,49 @@ def test_walk_fills_and_uses_the_cache(tmp_path: Path, monkeypatch: pytest.Monke
     third = _snap(root, 2, cache)
     assert third.by_path()[b"tree/d2/s1/f0.txt"].extra == hashlib.sha256(b"new content").digest()
     assert cache.misses == files + 1
+    assert share_early and len(share_early) == 3
+
+
+def _replace_helper(monkeypatch: pytest.MonkeyPatch, helper: Callable[..., None]) -> None:
+    monkeypatch.setattr(scan, "_help", helper)
+
+
+def test_a_helper_that_dies_costs_time_not_rows(tmp_path: Path, share_early: list[int],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _tree(tmp_path)
+    serial = _snap(root, 1)
+
+    def dies_after_one_task(tasks: Any, tasks_r: int, result_w: int, walk: Any) -> None:
+        os.read(tasks_r, scan._TASK.size)  # takes a task and never reports it
+        os._exit(3)
+
+    _replace_helper(monkeypatch, dies_after_one_task)
+    assert _snap(root, 3) == serial
+    assert share_early
+
+
+def test_a_helper_that_sends_garbage_is_ignored(tmp_path: Path, share_early: list[int],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _tree(tmp_path)
+    serial = _snap(root, 1)
+
+    def garbage(tasks: Any, tasks_r: int, result_w: int, walk: Any) -> None:
+        while len(os.read(tasks_r, scan._TASK.size)) == scan._TASK.size:
+            pass  # drains the queue: every task is lost with it
+        os.write(result_w, b"\xff not marshal")
+
+    _replace_helper(monkeypatch, garbage)
+    assert _snap(root, 2) == serial
 
 
 def _unlistable(tree: Path, victim: Path) -> subprocess.CompletedProcess[str]:
     code = textwrap.dedent(f"""
         from pathlib import Path
+        from asl_capture import scan
         from asl_capture.errors import SnapshotError
         from asl_capture.hashing import Hasher
         from asl_capture.manifest import snapshot
+        scan._SHARE_DIRS, scan._SHARE_PATHS = 2, 1
         try:
             snapshot([Path({str(tree)!r})], base=Path({str(tree)!r}), hasher=Hasher(workers=2))
         except SnapshotError as exc:
@@ -102,13 +156,31 @@ def _unlistable(tree: Path, victim: Path) -> subprocess.CompletedProcess[str]:
         victim.chmod(0o755)
 
 
-def test_unlistable_directory_deep_in_the_walk_names_it(tmp_path: Path) -> None:
+def test_unlistable_directory_deep_in_a_shared_walk_names_it(tmp_path: Path) -> None:
     root = _tree(tmp_path)
     victim = root / "d4" / "s2"
     result = _unlistable(root, victim)
     assert result.stdout.strip() == f"SnapshotError: {victim}: cannot list directory: Permission denied", \
         result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_helper_error_keeps_only_whole_tasks(tmp_path: Path, share_early: list[int],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A helper that fails part-way (say, a file vanished between listing and stat) sends back
+    only the subtrees it finished; the parent walks the rest again, so no row appears twice."""
+    root = _tree(tmp_path)
+    serial = _snap(root, 1)
+    parent = os.getpid()
+    real = scan._Walk.list_dir
+
+    def flaky(self: Any, d: scan.Dir, pending: Callable[[scan.Dir], None]) -> None:
+        real(self, d, pending)
+        if os.getpid() != parent:
+            raise SnapshotError(f"{os.fsdecode(d[0])}: transient")
+
+    monkeypatch.setattr(scan._Walk, "list_dir", flaky)
+    assert _snap(root, 2) == serial
 
 
 @pytest.mark.parametrize("swap", ["the directory", "its parent"])
@@ -132,3 +204,17 @@ def test_a_directory_swapped_for_a_symlink_mid_walk_is_an_error_not_an_escape(tm
     monkeypatch.setattr(scan._Walk, "list_dir", swapping)
     with pytest.raises(SnapshotError, match=r"a/b: directory was replaced while the tree was being snapshotted"):
         _snap(root, 1)
+
+
+@pytest.mark.parametrize("call", ["fork", "memfd_create", "pipe"])
+def test_no_helpers_to_be_had_means_one_process_not_an_error(tmp_path: Path, share_early: list[int], call: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _tree(tmp_path)
+    serial = _snap(root, 1)
+
+    def refuse(*_args: object) -> None:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, call, refuse)  # for the hasher's helpers too
+    assert _snap(root, 2) == serial
+    assert share_early
