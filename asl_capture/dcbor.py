@@ -139,8 +139,15 @@ def _arg(data: bytes, pos: int, info: int, start: int) -> tuple[int, int]:
     return arg, end
 
 
-def _decoder(data: bytes, tags: frozenset[int]) -> Callable[[int, int], tuple[Value, int]]:
-    """A decoding function bound to ``data`` (closures keep the hot path free of attribute look-ups)."""
+def _decoder(data: bytes, tags: frozenset[int], *, inline: bool = True) -> Callable[[int, int], tuple[Value, int]]:
+    """A decoding function bound to ``data`` (closures keep the hot path free of attribute look-ups).
+
+    With ``inline``, an array's commonest items (what a tree manifest is made of: small and 8- or
+    16-bit unsigned integers, text and byte strings shorter than 256 bytes, null) are read in its
+    loop rather than by a call each; anything else, and any item that is not exactly right
+    (truncated, not in its shortest form, not UTF-8), goes through the general path, which raises.
+    The two paths give the same values and the same errors (a test decodes both ways).
+    """
     size = len(data)
 
     def dec(pos: int, depth: int) -> tuple[Value, int]:
@@ -186,6 +193,41 @@ def _decoder(data: bytes, tags: frozenset[int]) -> Callable[[int, int], tuple[Va
             items: list[Value] = []
             append = items.append
             for _ in range(arg):
+                b = data[pos] if inline and pos < size else 0xFF  # 0xFF: the general path
+                if b < 0x18:  # uint 0..23
+                    append(b)
+                    pos += 1
+                    continue
+                if 0x40 <= b <= 0x58 or 0x60 <= b <= 0x78:  # a byte or text string, length < 256
+                    first, n = pos + 1, b & 0x1F
+                    if n == 24:
+                        n = data[first] if first < size else 0
+                        first += 1
+                        n = n if n >= 24 else -1  # not the shortest form: the general path
+                    end = first + n
+                    if n >= 0 and end <= size:
+                        if b < 0x60:
+                            append(data[first:end])
+                            pos = end
+                            continue
+                        try:
+                            append(data[first:end].decode("utf-8"))
+                            pos = end
+                            continue
+                        except UnicodeDecodeError:
+                            pass
+                elif b in (0x18, 0x19):  # uint of 8 or 16 bits
+                    end = pos + (2 if b == 0x18 else 3)
+                    if end <= size:
+                        value = int.from_bytes(data[pos + 1:end], "big")
+                        if value >= (24 if b == 0x18 else 0x100):
+                            append(value)
+                            pos = end
+                            continue
+                elif b == 0xF6:
+                    append(None)
+                    pos += 1
+                    continue
                 item, pos = dec(pos, depth + 1)
                 append(item)
             return items, pos

@@ -11,7 +11,7 @@ outside the repository, warms the page cache, then measures in one run, interlea
       ``os.scandir``/``lstat`` and doing nothing else, the floor under (b) for a Python tool,
 
 and prints min/median/max wall times, the ratios against their targets, and the peak RSS of (a).
-Then, in one child interpreter, interleaved round by round, the pools against their serial peers:
+Then, in a child interpreter per pair, interleaved round by round, the pools against their serial peers:
 
   (f) the walk of TREE (``asl_capture.scan.scan``) with every file in the stat cache, one process,
   (g) the same walk shared with forked helpers (one per core),
@@ -139,7 +139,10 @@ walk(sys.argv[1])
 """
 
 
-#: The pool rows (f)-(i), run in a child interpreter: ``python -c POOLS TREE CHAIN_DIR ROUNDS``.
+#: A pair of pool rows, (f) and (g) or (h) and (i), interleaved in a child interpreter of its own:
+#: ``python -c POOLS TREE CHAIN_DIR ROUNDS PAIR``. Each pair gets a fresh process because a fork costs
+#: more in a process whose heap is large: the walk timed after ten verifications of 10,000 records
+#: (with the collector paused) measured its helpers' start-up, not the walk (g/f 0.995 in one run).
 POOLS = """
 import gc, sys, time
 from pathlib import Path
@@ -148,37 +151,40 @@ from asl_capture.hashing import Hasher, available_cpus
 from asl_capture.keys import load_trust
 from asl_capture.manifest import snapshot
 from asl_capture.statcache import StatCache
-tree, chain_dir, rounds = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-cache = StatCache()
-snapshot([tree], base=tree, hasher=Hasher(cache=cache, progress_after=1e9))  # every file now cached
-trusted = load_trust([chain_dir / "keys" / "bench.pub"])
-cpus = available_cpus()
-def walk(workers):
-    rows, misses = scan.scan([(bytes(tree), b".")], skip=scan.Skip(), cache=cache, workers=workers)
-    assert not misses, len(misses)
-runs = {"f": lambda: walk(1), "g": lambda: walk(cpus),
-        "h": lambda: verify.verify_chain(chain_dir / "prov", trusted, helpers=0),
-        "i": lambda: verify.verify_chain(chain_dir / "prov", trusted)}
+tree, chain_dir, rounds, pair = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+if pair == "fg":
+    cache = StatCache()
+    snapshot([tree], base=tree, hasher=Hasher(cache=cache, progress_after=1e9))  # every file now cached
+    cpus = available_cpus()
+    def walk(workers):
+        rows, misses = scan.scan([(bytes(tree), b".")], skip=scan.Skip(), cache=cache, workers=workers)
+        assert not misses, len(misses)
+    runs = {"f": lambda: walk(1), "g": lambda: walk(cpus)}
+else:
+    trusted = load_trust([chain_dir / "keys" / "bench.pub"])
+    runs = {"h": lambda: verify.verify_chain(chain_dir / "prov", trusted, helpers=0),
+            "i": lambda: verify.verify_chain(chain_dir / "prov", trusted)}
 gc.disable()
 for fn in runs.values():
     fn()  # warm-up, untimed
 order = list(runs)
 for r in range(rounds):
-    for k in order[r % 4:] + order[: r % 4]:
+    for k in order[r % 2:] + order[: r % 2]:
         start = time.perf_counter()
         runs[k]()
         print(k, time.perf_counter() - start, flush=True)
+        gc.collect()  # untimed: each run starts from the same heap
 """
 
 
 def pool_rows(tree: Path, rounds: int) -> dict[str, list[float]]:
-    """Times of (f)-(i), from one child interpreter (see :data:`POOLS`)."""
+    """Times of (f)-(i), from a child interpreter per pair (see :data:`POOLS`)."""
     from bench_chain import build_chain
 
     chain_dir = Path(tempfile.gettempdir()) / "asl-bench-chain-v3"
     build_chain(chain_dir, 10_000)
-    out = subprocess.run([sys.executable, "-c", POOLS, str(tree), str(chain_dir), str(rounds)],
-                         capture_output=True, text=True, check=True).stdout
+    out = "".join(subprocess.run([sys.executable, "-c", POOLS, str(tree), str(chain_dir), str(rounds), pair],
+                                 capture_output=True, text=True, check=True).stdout for pair in ("fg", "hi"))
     times: dict[str, list[float]] = {k: [] for k in "fghi"}
     for line in out.splitlines():
         key, value = line.split()

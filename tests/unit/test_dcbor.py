@@ -308,3 +308,45 @@ def test_random_bytes_decode_or_raise_cbor_error_and_accepted_bytes_are_canonica
     except CborError:
         return
     assert dcbor.encode(value) == data
+
+
+def _both_ways(data: bytes) -> tuple[object, object]:
+    """What the decoder gives with its array fast path and without: a value, or (error type, message)."""
+    out: list[object] = []
+    for inline in (True, False):
+        try:
+            value, end = dcbor._decoder(data, ALL_TEST_TAGS, inline=inline)(0, 0)
+            out.append((value, end))
+        except CborError as exc:
+            out.append((type(exc).__name__, str(exc)))
+        except RecursionError:
+            out.append("recursion")
+    return out[0], out[1]
+
+
+@given(values, st.data())
+@settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+def test_array_fast_path_decodes_and_fails_as_the_general_path(value: dcbor.Value, data: st.DataObject) -> None:
+    """Valid encodings, and each one with a byte changed, cut short or extended: same answer both ways."""
+    encoded = dcbor.encode([value, value] if not isinstance(value, list) else value)
+    fast, general = _both_ways(encoded)
+    assert fast == general
+    at = data.draw(st.integers(0, len(encoded) - 1))
+    byte = data.draw(st.integers(0, 255))
+    for mutated in (encoded[:at] + bytes([byte]) + encoded[at + 1:], encoded[:at], encoded + bytes([byte])):
+        fast, general = _both_ways(mutated)
+        assert fast == general, mutated.hex()
+
+
+@pytest.mark.parametrize("hex_", [
+    "83 17 18 18 19 0100",                   # 23, 24, 256: the shortest forms
+    "82 18 17 19 00ff",                      # 8 and 16-bit heads not in their shortest form
+    "82 78 17 " + "61" * 23 + " 58 01 00",   # a 1-byte length below 24
+    "81 78 18 " + "61" * 23,                 # a string cut short
+    "81 62 c3 28",                           # not UTF-8
+    "83 f6 58 18 " + "00" * 24 + " 40",      # null, 24 bytes, empty bytes
+    "82 19 01",                              # a 16-bit head cut short
+])
+def test_array_fast_path_edges(hex_: str) -> None:
+    fast, general = _both_ways(bytes.fromhex(hex_.replace(" ", "")))
+    assert fast == general
