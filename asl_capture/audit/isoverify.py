@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asl_capture.audit import checks
+from asl_capture.audit.parallel import Pending, start_shards
 from asl_capture.audit.recorded import Recorded
-from asl_capture.errors import ImageError, VerificationError
+from asl_capture.errors import AslError, ImageError, VerificationError
 from asl_capture.format import Manifest
 from asl_capture.verdict import Check, ChecksFailed, all_passed, failed
 from asl_capture.verify import ChainReport, verify_chain
@@ -86,6 +87,10 @@ class IsoOptions:
 
 Log = Callable[[Check], None]
 
+#: Check 6 as a forked helper found it: ("ok", detail), ("failed", message, check, record), or
+#: ("again",) for anything else (this process then runs the check itself and raises what it raises).
+_Outcome = tuple[object, ...]
+
 
 @dataclass
 class _State:
@@ -99,6 +104,7 @@ class _State:
     identity: bytes | None = None
     image: checks.IsoRead | None = None
     prefetch: checks.SquashPrefetch | None = None
+    debian: Pending[_Outcome] | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -136,6 +142,8 @@ def verify_iso(
                     manifests: dict[bytes, Manifest] = {}
                     chain_report = verify_chain(provenance, trusted, manifests=manifests)
                     state.recorded = Recorded(provenance, chain_report, manifests)
+                    if "debian" in wanted:  # its gpgv runs and index reads overlap checks 2-5
+                        state.debian = _start_debian(state.recorded, opts.debian_keyrings)
                     detail = (f"{len(chain_report.records)} records signed by {len(chain_report.kids)} trusted "
                               f"key(s), every step ok, head seq {chain_report.head_seq}")
                 elif state.recorded is None:
@@ -158,6 +166,8 @@ def verify_iso(
     finally:
         if state.prefetch is not None:
             state.prefetch.pending.cancel()
+        if state.debian is not None:
+            state.debian.cancel()
         os.close(fd)
     report = IsoReport(iso=iso, provenance=provenance, sha256=state.sha256, image_identity=state.identity,
                        chain=chain_report, checks=tuple(done), quick=opts.quick, notes=tuple(state.notes))
@@ -198,9 +208,7 @@ def _run(name: str, fd: int, state: _State, opts: IsoOptions) -> str:
         state.notes.extend(notes)
         return detail
     if name == "debian":
-        from asl_capture.audit.debian import check_debian
-
-        return check_debian(recorded, keyrings=opts.debian_keyrings)
+        return _finish_debian(state, recorded, opts.debian_keyrings)
     if state.iso_seq is None or state.iso_label is None:
         raise VerificationError("not checked: the chain records no ISO", check=name)
     if name == "iso-files":
@@ -242,3 +250,40 @@ def _iso_digest(fd: int, state: _State, recorded: Recorded) -> str:
             f"recorded (sha256 {extra.hex()}, {entry.size} bytes): another build, or changed bytes",
             check="iso-digest", record=seq)
     return f"sha256 {digest.hex()} = output {os.fsdecode(entry.path)} of step {step!r} (record {seq})"
+
+
+def _debian_outcome(recorded: Recorded, keyrings: tuple[Path, ...]) -> _Outcome:
+    from asl_capture.audit.debian import check_debian
+
+    try:
+        return ("ok", check_debian(recorded, keyrings=keyrings))
+    except VerificationError as exc:
+        return ("failed", _message(exc), exc.check, exc.record)
+    except AslError:
+        return ("again",)
+
+
+def _start_debian(recorded: Recorded, keyrings: tuple[Path, ...]) -> Pending[_Outcome]:
+    """Check 6 started in a forked helper (it needs only the verified chain)."""
+    return start_shards([0], lambda _: _debian_outcome(recorded, keyrings))
+
+
+def _finish_debian(state: _State, recorded: Recorded, keyrings: tuple[Path, ...]) -> str:
+    """Check 6's detail, from the helper when it answered, else checked here (a helper is never
+    needed for the verdict)."""
+    outcome: _Outcome = ("again",)
+    if state.debian is not None:
+        pending, state.debian = state.debian, None
+        try:
+            outcome = pending.collect()[0]
+        except ImageError:  # the helper died
+            outcome = ("again",)
+    if outcome[0] == "ok" and isinstance(outcome[1], str):
+        return outcome[1]
+    if outcome[0] == "failed" and len(outcome) == 4:
+        _, message, check, record = outcome
+        raise VerificationError(str(message), check=str(check),
+                                record=record if isinstance(record, int) else None)
+    from asl_capture.audit.debian import check_debian
+
+    return check_debian(recorded, keyrings=keyrings)
