@@ -123,9 +123,10 @@ class StatCache:
         a temporary file is removed, and the cache on disk stays as it was."""
         if not self.dirty:
             return
-        segment = _encode(_JOURNAL_MAGIC, self._changed)
+        # without a base yet (a first capture) the changes are the whole cache: no journal segment
+        segment = _encode(_JOURNAL_MAGIC, self._changed) if self._base_size else None
         try:
-            if self._base_size and self._journal_size + len(segment) < self._base_size:
+            if segment is not None and self._journal_size + len(segment) < self._base_size:
                 _append(_journal(path), segment)
                 self._journal_size += len(segment)
             else:
