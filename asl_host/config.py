@@ -186,17 +186,22 @@ def parse(data: object, *, base: Path) -> HostConfig:
     )
 
 
-def load(path: Path = DEFAULT_CONFIG) -> HostConfig:
-    """Read and validate ``config.yaml``. Raises HostConfigError."""
+def read_yaml(path: Path, error: type[HostError]) -> Any:
+    """The YAML document in ``path``; ``error`` (one line naming the file) when it cannot be read or
+    is not YAML."""
     import yaml  # imported here: keeps the package's import cheap
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise HostConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        raise error(f"{path}: cannot read: {exc.strerror}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise HostConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    return parse(data, base=path.parent)
+        raise error(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
+def load(path: Path = DEFAULT_CONFIG) -> HostConfig:
+    """Read and validate ``config.yaml``. Raises HostConfigError."""
+    return parse(read_yaml(path, HostConfigError), base=path.parent)
 
 
 def shell_lines(cfg: HostConfig, config_path: Path) -> list[str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from asl_capture import dcbor
+from asl_host.config import read_yaml
 from asl_host.formats import DomainPolicy, FormatError
 
 
@@ -31,14 +32,7 @@ def _canonical(value: Any, where: str) -> dcbor.Value:
 
 def load_policy(path: Path) -> DomainPolicy:
     """Read a policy YAML file. Raises FormatError (one line, naming the file and field)."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise FormatError(f"{path}: cannot read: {exc.strerror}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise FormatError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = read_yaml(path, FormatError)
     if isinstance(data, dict):
         data.setdefault("reserved0", 0)
     return DomainPolicy.from_value(_canonical(data, str(path)), str(path))

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 from asl_capture.audit.compare import Seen, differences, summary
 from asl_capture.audit.iso9660 import SYSTEM_AREA, IsoImage, IsoNode
-from asl_capture.audit.parallel import Pending, run_shards, start_shards
 from asl_capture.audit.recorded import IsoContents, Recorded, relabelled, subtree
 from asl_capture.audit.squashfs import Node, SquashImage, shard
 from asl_capture.errors import CborError, ImageError, VerificationError
 from asl_capture.format import BuildManifest, Entry
 from asl_capture.format.build import BuildSource
 from asl_capture.hashing import available_cpus
+from asl_capture.parallel import Pending, run_shards, start_shards
 
 MAX_BUILD_MANIFEST = 16 << 20
 BUILD_MANIFEST = b"asl/build-manifest.cbor"

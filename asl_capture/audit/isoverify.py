@@ -22,6 +22,7 @@ carrying the whole report) when any check failed and returns the :class:`IsoRepo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -31,10 +32,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asl_capture.audit import checks
-from asl_capture.audit.parallel import Pending, start_shards
 from asl_capture.audit.recorded import Recorded
 from asl_capture.errors import AslError, ImageError, VerificationError
 from asl_capture.format import Manifest
+from asl_capture.parallel import Pending, start_shards
 from asl_capture.verdict import Check, ChecksFailed, all_passed, failed
 from asl_capture.verify import ChainReport, verify_chain
 
@@ -87,9 +88,10 @@ class IsoOptions:
 
 Log = Callable[[Check], None]
 
-#: Check 6 as a forked helper found it: ("ok", detail), ("failed", message, check, record), or
-#: ("again",) for anything else (this process then runs the check itself and raises what it raises).
-_Outcome = tuple[object, ...]
+#: Check 6 as a forked helper found it: ("ok", detail, "", None), ("failed", message, check, record),
+#: or ("again", "", "", None) for anything else (this process then runs the check itself).
+_Outcome = tuple[str, str, str, int | None]
+_AGAIN: _Outcome = ("again", "", "", None)
 
 
 @dataclass
@@ -256,11 +258,11 @@ def _debian_outcome(recorded: Recorded, keyrings: tuple[Path, ...]) -> _Outcome:
     from asl_capture.audit.debian import check_debian
 
     try:
-        return ("ok", check_debian(recorded, keyrings=keyrings))
+        return ("ok", check_debian(recorded, keyrings=keyrings), "", None)
     except VerificationError as exc:
         return ("failed", _message(exc), exc.check, exc.record)
     except AslError:
-        return ("again",)
+        return _AGAIN
 
 
 def _start_debian(recorded: Recorded, keyrings: tuple[Path, ...]) -> Pending[_Outcome]:
@@ -271,19 +273,15 @@ def _start_debian(recorded: Recorded, keyrings: tuple[Path, ...]) -> Pending[_Ou
 def _finish_debian(state: _State, recorded: Recorded, keyrings: tuple[Path, ...]) -> str:
     """Check 6's detail, from the helper when it answered, else checked here (a helper is never
     needed for the verdict)."""
-    outcome: _Outcome = ("again",)
+    kind, text, check, record = _AGAIN
     if state.debian is not None:
         pending, state.debian = state.debian, None
-        try:
-            outcome = pending.collect()[0]
-        except ImageError:  # the helper died
-            outcome = ("again",)
-    if outcome[0] == "ok" and isinstance(outcome[1], str):
-        return outcome[1]
-    if outcome[0] == "failed" and len(outcome) == 4:
-        _, message, check, record = outcome
-        raise VerificationError(str(message), check=str(check),
-                                record=record if isinstance(record, int) else None)
+        with contextlib.suppress(ImageError):  # the helper died: checked here below
+            kind, text, check, record = pending.collect()[0]
+    if kind == "ok":
+        return text
+    if kind == "failed":
+        raise VerificationError(text, check=check, record=record)
     from asl_capture.audit.debian import check_debian
 
     return check_debian(recorded, keyrings=keyrings)

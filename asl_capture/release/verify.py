@@ -18,7 +18,6 @@ except that nothing is compared with a manifest that does not verify:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -32,6 +31,7 @@ from asl_capture import chain, cose, dcbor, dsse, minisign
 from asl_capture.errors import AslError, StoreError, UsageError, VerificationError
 from asl_capture.format import RELEASE_CONTENT_TYPE, Checkpoint, ReleaseManifest
 from asl_capture.format.release import MANIFEST_NAME
+from asl_capture.hashing import sha256_path
 from asl_capture.release import intoto
 from asl_capture.release.image import IsoVerifier, default_verifier
 from asl_capture.release.publish import MINISIG_NAME, PROVENANCE_DIR, SUMS_NAME, read_small
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 CHECKS = ("manifest", "files", "sums", "chain", "dsse", "iso")
 JSON_SCHEMA = "asl-verify/release/1"
 _SUMS_LINE = re.compile(r"([0-9a-f]{64})  ([^\n]+)")
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -71,17 +70,6 @@ class ReleaseVerificationError(ChecksFailed):
     def __init__(self, report: ReleaseReport) -> None:
         super().__init__(report.failures)
         self.report = report
-
-
-def _hash(path: Path) -> bytes:
-    h = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    try:
-        while chunk := os.read(fd, _CHUNK):
-            h.update(chunk)
-    finally:
-        os.close(fd)
-    return h.digest()
 
 
 class _Run:
@@ -141,7 +129,7 @@ class _Run:
                     if name in dirs:
                         dirs.remove(name)
                     continue
-                self.found[rel] = _hash(path)
+                self.found[rel] = sha256_path(path)
         listed = {f.path: f.sha256 for f in self.manifest.files}
         own = {MANIFEST_NAME, SUMS_NAME, MINISIG_NAME}
         for rel in sorted(listed):

@@ -147,3 +147,14 @@ def test_entry_fast_path_agrees_with_the_checked_one() -> None:
     values += [["a", "f", 0o644, 1], ["a", "f", 0o644, 1, sha("a"), None], "x", None]
     for value in values:
         assert outcome(Entry.from_value, value) == outcome(Entry._checked, value), value
+
+
+def test_every_exported_name_is_found_where_the_package_says() -> None:
+    """``asl_capture.format`` lists its names twice (for type checkers, and for the lazy import that
+    keeps start-up cheap): the two lists must agree, and each name must resolve."""
+    import asl_capture.format as package
+
+    assert set(package.__all__) == set(package._MODULES)
+    for name in package.__all__:
+        assert getattr(package, name) is getattr(
+            __import__(f"asl_capture.format.{package._MODULES[name]}", fromlist=[name]), name)

@@ -1,4 +1,5 @@
-"""Run one function over a few shards of work in forked processes (decompression holds the GIL).
+"""Run one function over a few shards of work in forked processes, for work that holds the GIL
+(squashfs decompression in ``asl-verify iso``, Ed25519 checks in ``asl-verify chain``).
 
 Each helper inherits the parent's state copy-on-write (open image descriptors included: ``pread``
 shares no file offset), computes its shard and sends back a pickled result through a pipe. The
