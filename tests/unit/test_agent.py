@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from asl_capture import agent, chain, cose, dcbor
+from asl_capture import agent, chain, cose, dcbor, prctl
 from asl_capture.errors import AgentError
 from asl_capture.format import CHECKPOINT_CONTENT_TYPE, STEP_CONTENT_TYPE, StepRecord
 from asl_capture.keys import Signer, load_signer
@@ -79,7 +79,7 @@ def test_hello_names_key_and_chain_and_the_socket_is_private(
     assert os.stat(directory).st_uid == os.geteuid()
     assert stat.S_ISSOCK(os.stat(served.socket_path).st_mode)
     assert stat.S_IMODE(os.stat(served.socket_path).st_mode) == 0o600
-    assert not agent.is_dumpable()
+    assert not prctl.is_dumpable()
 
 
 def test_nested_records_and_checkpoints_are_signed(
