@@ -247,10 +247,15 @@ def _record(config: CaptureConfig, b: _Before, result: RunResult) -> CaptureOutc
     b.cache.save(b.prov.statcache)
 
     changes = diff(outputs_before, outputs_after)
+    # A manifest that is the same object as another (inputs and outputs over the same roots, outputs
+    # unchanged) is stored once: each put hashes it and re-reads the stored copy to check it.
+    inputs_digest = store.put(inputs.encode())
+    before_digest = inputs_digest if outputs_before is inputs else store.put(outputs_before.encode())
+    after_digest = before_digest if outputs_after is outputs_before else store.put(outputs_after.encode())
     trees = (
-        Inputs(manifest=store.put(inputs.encode()), entries=len(inputs.entries), files=inputs.files),
-        Outputs(manifest=store.put(outputs_after.encode()), before=store.put(outputs_before.encode()),
-                changes=store.put(changes.encode()), entries=len(outputs_after.entries), files=outputs_after.files,
+        Inputs(manifest=inputs_digest, entries=len(inputs.entries), files=inputs.files),
+        Outputs(manifest=after_digest, before=before_digest, changes=store.put(changes.encode()),
+                entries=len(outputs_after.entries), files=outputs_after.files,
                 created=len(changes.created), modified=len(changes.modified), deleted=len(changes.deleted)),
     )
     draft = _draft(config, b, result, errors, trees, sources)

@@ -1,7 +1,8 @@
-"""capture() as a library call: the progress lines a terminal sees for a long snapshot."""
+"""capture() as a library call: the progress lines a terminal sees for a long snapshot; what it stores."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -9,6 +10,9 @@ import pytest
 
 from asl_capture import hashing
 from asl_capture.capture import CaptureConfig, capture
+from asl_capture.errors import AslError
+from asl_capture.format import Manifest
+from asl_capture.store import ObjectStore, ProvenanceDir
 from tests.conftest import KeyPair
 
 
@@ -48,3 +52,40 @@ def test_no_progress_callback_no_lines_and_a_short_snapshot_stays_quiet(tmp_path
     assert capture(_config(work, keypair, tmp_path, messages), notify=lambda _msg: None).exit_code == 0
     assert messages == []  # well under PROGRESS_AFTER
     assert capture(_config(work, keypair, tmp_path, None), notify=lambda _msg: None).exit_code == 0
+
+
+
+def _manifest_or_none(data: bytes) -> Manifest | None:
+    try:
+        return Manifest.from_cbor(data)
+    except AslError:
+        return None
+
+
+@pytest.mark.parametrize("changes", [False, True])
+def test_each_distinct_manifest_is_stored_once_and_the_record_names_the_right_ones(
+        tmp_path: Path, keypair: KeyPair, monkeypatch: pytest.MonkeyPatch, changes: bool) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "a").write_bytes(b"x")
+    stored: list[bytes] = []
+    real_put = ObjectStore.put
+
+    def recording_put(self: ObjectStore, data: bytes) -> bytes:
+        stored.append(data)
+        return real_put(self, data)
+
+    monkeypatch.setattr(ObjectStore, "put", recording_put)
+    config = _config(work, keypair, tmp_path, None)
+    if changes:
+        config = dataclasses.replace(config, argv=("sh", "-c", "echo y > b"))
+    record = capture(config, notify=lambda _msg: None).record
+    manifests = [data for data in stored if _manifest_or_none(data) is not None]
+    assert len(manifests) == len(set(manifests)) == (2 if changes else 1)
+    store = ObjectStore(ProvenanceDir.create(tmp_path / "prov"))
+    before = Manifest.from_cbor(store.read(record.outputs.before))
+    after = Manifest.from_cbor(store.read(record.outputs.manifest))
+    assert record.inputs.manifest == record.outputs.before
+    assert [e.path for e in before.entries] == [b".", b"a"]
+    assert [e.path for e in after.entries] == ([b".", b"a", b"b"] if changes else [b".", b"a"])
+    assert (record.outputs.created, record.outputs.modified, record.outputs.deleted) == (int(changes), 0, 0)
