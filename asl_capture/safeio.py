@@ -64,7 +64,7 @@ def read_regular(path: Path | str, *, limit: int, what: str = "file", follow: bo
         chunks: list[bytes] = []
         left = min(size, limit)
         while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
+            chunk = os.read(fd, left)  # usually the whole file at once, and then joined without a copy
             if not chunk:
                 break
             chunks.append(chunk)

@@ -22,6 +22,7 @@ import marshal
 import os
 import stat
 import struct
+import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ _MAX_TASKS = 4096
 _TASK = struct.Struct("<I")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CAN_SHARE = hasattr(os, "fork") and hasattr(os, "memfd_create")
+#: What :func:`os.fsencode` encodes a str name with.
+_FS_ENCODING = (sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
 
 _S_IFMT, _S_IFREG, _S_IFDIR, _S_IFLNK = 0o170000, stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK
 _OTHER_KINDS = {stat.S_IFCHR: "c", stat.S_IFBLK: "b", stat.S_IFIFO: "p", stat.S_IFSOCK: "s"}
@@ -115,14 +118,15 @@ class _Walk:
         rows, add, miss = self.rows, self.rows.append, self.misses.append
         get, cached = self.table.get, statcache.cached_digest
         skip_abs, matches = self.skip.absolute, self.skip.matches
-        fsencode = os.fsencode
+        encoding, errors = _FS_ENCODING
         prefix = b"" if dir_label == b"." else dir_label + b"/"
         abs_prefix = directory + b"/" if directory != b"/" else directory
         hits = 0
         try:
             with os.scandir(dir_fd) as it:
                 for child in it:
-                    name = fsencode(child.name)  # a descriptor scan yields str names; this is their exact bytes
+                    # a descriptor scan yields str names; these are their exact bytes (os.fsencode, inlined)
+                    name = child.name.encode(encoding, errors)
                     abs_path = abs_prefix + name
                     label = prefix + name
                     if name == b".git" or abs_path in skip_abs or (matches is not None
