@@ -54,20 +54,21 @@ def mask(text: str, secrets: Sequence[str]) -> str:
         if secret in text:
             text = text.replace(secret, MASK)
     if "@" in text:
-        text = _URL_USERINFO.sub(lambda m: f"{m.group(1)}:{MASK}@", text)
-        text = _HTTP_TOKEN_USER.sub(lambda m: f"{m.group(1)}{MASK}@", text)
+        text = re.sub(_URL_USERINFO, lambda m: f"{m.group(1)}:{MASK}@", text)
+        text = re.sub(_HTTP_TOKEN_USER, lambda m: f"{m.group(1)}{MASK}@", text, flags=re.IGNORECASE)
     return text
 
 
+# The patterns below are compiled on first use (by re's cache): a plain command (no '@', no
+# option) never needs them, and compiling them was a millisecond of every capture's start-up.
 #: ``scheme://user:password@``: the password part (up to the last '@' before the host's '/').
-_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/:@\s]*):[^/\s]*@")
+_URL_USERINFO = r"([A-Za-z][A-Za-z0-9+.-]*://[^/:@\s]*):[^/\s]*@"
 #: ``http(s)://TOKEN@``: a user name alone, which over HTTP is how access tokens are usually passed.
-_HTTP_TOKEN_USER = re.compile(r"((?:git\+)?https?://)(?!<redacted>)[^/:@\s]+@", re.IGNORECASE)
+_HTTP_TOKEN_USER = r"((?:git\+)?https?://)(?!<redacted>)[^/:@\s]+@"  # case-insensitive
 #: An option whose value is a credential: ``--password``, ``--db-pass``, ``--api-token``, ``--client-secret``.
-_SECRET_OPTION = re.compile(r"--?[A-Za-z0-9_-]*(?:pass|token|secret|credential|api[-_]?key)[A-Za-z0-9_-]*",
-                            re.IGNORECASE)
+_SECRET_OPTION = r"--?[A-Za-z0-9_-]*(?:pass|token|secret|credential|api[-_]?key)[A-Za-z0-9_-]*"  # case-insensitive
 #: Such options that name where a secret is, not the secret (their value is kept).
-_WHERE_SUFFIX = re.compile(r"[-_](?:file|path|env|dir|fd|stdin|cmd|command|helper)$", re.IGNORECASE)
+_WHERE_SUFFIX = r"[-_](?:file|path|env|dir|fd|stdin|cmd|command|helper)$"  # case-insensitive
 #: ``-pVALUE`` words that are common options, not a password (compilers, find, patch, cp).
 _P_WORDS = frozenset({
     "-pthread", "-pthreads", "-pipe", "-pie", "-pg", "-pedantic", "-pedantic-errors", "-print", "-print0",
@@ -91,7 +92,8 @@ def mask_argv(argv: Sequence[str], secrets: Sequence[str]) -> list[str]:
             out.append(MASK)
             continue
         name, eq, _value = text.partition("=")
-        if (text.startswith("--") or eq) and _SECRET_OPTION.fullmatch(name) and not _WHERE_SUFFIX.search(name) \
+        if (text.startswith("--") or eq) and re.fullmatch(_SECRET_OPTION, name, re.IGNORECASE) \
+                and not re.search(_WHERE_SUFFIX, name, re.IGNORECASE) \
                 and not name.lower().startswith(("--no-", "--no_")):
             if eq:
                 text = f"{name}={MASK}"
