@@ -12,6 +12,7 @@ Every command and group has ``-h``/``--help`` and ``--version``.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
@@ -77,9 +78,26 @@ class ToolCommand(click.Command):
 
 class ToolGroup(click.Group):
     """A console script's command group whose errors go through :func:`_run`; ``json_schemas`` maps
-    a subcommand to the schema its ``--json`` output names (its usage errors are reported under it)."""
+    a subcommand to the schema its ``--json`` output names (its usage errors are reported under it).
+
+    ``lazy`` maps a subcommand's name to ``"module:attribute"``: the module is imported only when that
+    subcommand is run or listed, so that one subcommand's start-up does not pay for the others'.
+    """
 
     json_schemas: dict[str, str] = {}  # noqa: RUF012 - read only
+    lazy: dict[str, str] = {}  # noqa: RUF012 - read only
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            module, _, attribute = self.lazy[cmd_name].partition(":")
+            loaded = getattr(importlib.import_module(module), attribute)
+            if not isinstance(loaded, click.Command) or loaded.name != cmd_name:
+                raise TypeError(f"{self.lazy[cmd_name]} is not the command {cmd_name!r}")
+            self.add_command(loaded)
+        return super().get_command(ctx, cmd_name)
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> NoReturn:
@@ -99,11 +117,14 @@ def command(*, epilog: str, **settings: Any) -> Callable[[Callable[..., Any]], T
     return make
 
 
-def group(*, epilog: str, json_schemas: dict[str, str] | None = None) -> Callable[[Callable[[], None]], ToolGroup]:
-    """A tool's command group, with the exit-status ``epilog`` and the schemas of its ``--json`` output."""
+def group(*, epilog: str, json_schemas: dict[str, str] | None = None,
+          lazy: dict[str, str] | None = None) -> Callable[[Callable[[], None]], ToolGroup]:
+    """A tool's command group, with the exit-status ``epilog``, the schemas of its ``--json`` output and
+    the subcommands it imports only when used (see :class:`ToolGroup`)."""
     def make(function: Callable[[], None]) -> ToolGroup:
         made = click.group(cls=ToolGroup, context_settings=CONTEXT, epilog=epilog)(version_option()(function))
         made.json_schemas = dict(json_schemas or {})
+        made.lazy = dict(lazy or {})
         return made
     return make
 

@@ -145,3 +145,41 @@ def test_verify_given_a_file_says_it_is_a_file(cli_env: dict[str, str], keypair:
     assert result.returncode == 2
     assert b"is a file, not a provenance directory; give the directory holding it" in result.stderr
     assert b"no such" not in result.stderr
+
+
+def test_asl_verify_imports_a_subcommand_only_when_it_is_used() -> None:
+    import subprocess
+    import sys
+
+    probe = ("import sys; import asl_capture.cli.verify; "
+             "print(sorted(m for m in sys.modules if m.startswith(('asl_capture.release', 'asl_capture.audit', "
+             "'asl_capture.cli.verify_', 'asl_capture.cli.rebuild', 'asl_capture.rebuild'))))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out == "[]\n"
+
+
+def test_the_lazy_subcommands_are_the_real_ones_with_their_own_schemas(cli_env: dict[str, str]) -> None:
+    import click
+
+    from asl_capture.cli import verify, verify_iso
+    from asl_capture.release.verify import JSON_SCHEMA
+
+    assert verify.cli.json_schemas == {**verify.JSON_SCHEMAS, **verify_iso.JSON_SCHEMAS, "release": JSON_SCHEMA}
+    with click.Context(verify.cli) as ctx:
+        assert verify.cli.list_commands(ctx) == ["chain", "iso", "rebuild", "release", "show"]
+        for name in verify.cli.list_commands(ctx):
+            command = verify.cli.get_command(ctx, name)
+            assert command is not None and command.name == name
+        assert verify.cli.get_command(ctx, "nosuch") is None
+    shown = cli("asl-verify", "--help", env=cli_env)
+    assert shown.returncode == 0
+    assert all(f"  {name} " in shown.stdout.decode() for name in ("chain", "iso", "rebuild", "release", "show"))
+
+
+def test_a_lazy_entry_that_names_another_command_is_refused() -> None:
+    import click
+
+    group = run.ToolGroup(name="t")
+    group.lazy = {"iso": "asl_capture.cli.verify_iso:show_cmd"}
+    with click.Context(group) as ctx, pytest.raises(TypeError, match="is not the command 'iso'"):
+        group.get_command(ctx, "iso")
