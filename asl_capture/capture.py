@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import field
 from pathlib import Path
 
-from asl_capture import chain, envpolicy, gcpause, projectconfig
+from asl_capture import chain, envpolicy, gcpause, projectconfig, safeio
 from asl_capture.agent import ENV_AGENT, AgentSigner, SigningAgent, connect
 from asl_capture.context import host_info, read_sources, vcs_info
 from asl_capture.cose import MessageSigner
@@ -282,6 +282,7 @@ def attach(store: ObjectStore, path: Path, cwd: Path) -> list[Attachment]:
         StoreError: an object cannot be written.
     """
     files: list[Path] = []
+    current = path  # what an error names
     try:
         st = os.lstat(path)
         if stat.S_ISDIR(st.st_mode):
@@ -296,13 +297,16 @@ def attach(store: ObjectStore, path: Path, cwd: Path) -> list[Attachment]:
         else:
             raise CaptureError(f"{path}: --attach takes a regular file or a directory")
         out: list[Attachment] = []
-        for full in files:
-            with open(full, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW)) as handle:
-                data = handle.read()
-            out.append(Attachment(path=_text(os.fsdecode(label_for(full, cwd))), digest=store.put(data),
-                                  size=len(data)))
+        for full in files:  # opened as a regular file, not through a symlink, never blocking on a FIFO
+            current = full
+            fd, _size = safeio.open_regular(full, what="attachment")
+            try:
+                digest, size = store.put_fd(fd)  # streamed: an attachment may be larger than memory
+            finally:
+                os.close(fd)
+            out.append(Attachment(path=_text(os.fsdecode(label_for(full, cwd))), digest=digest, size=size))
     except OSError as exc:
-        raise CaptureError(f"{path}: cannot attach: {exc.strerror}") from None
+        raise CaptureError(f"{current}: cannot attach: {safeio.describe(exc)}") from None
     return out
 
 

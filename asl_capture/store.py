@@ -173,6 +173,32 @@ class ObjectStore:
             raise StoreError(f"{target}: cannot store object: {exc.strerror}") from None
         return digest
 
+    def put_fd(self, fd: int) -> tuple[bytes, int]:
+        """Store what ``fd`` holds from its position to its end, read in chunks (never whole in
+        memory); return the object's SHA-256 and size. A failed write (a full disk) leaves nothing.
+
+        Raises:
+            StoreError: the object cannot be written, or ``fd`` cannot be read.
+        """
+        tmp_fd, tmp_path = self.new_temp()
+        h = hashlib.sha256()
+        size = 0
+        try:
+            try:
+                while chunk := os.read(fd, 1 << 20):
+                    h.update(chunk)
+                    size += len(chunk)
+                    safeio.write_all(tmp_fd, chunk)
+                os.fsync(tmp_fd)
+            finally:
+                os.close(tmp_fd)
+        except OSError as exc:
+            tmp_path.unlink(missing_ok=True)
+            raise StoreError(f"{self.prov.objects}: cannot store object: {safeio.describe(exc)}") from None
+        digest = h.digest()
+        self.adopt(tmp_path, digest)
+        return digest, size
+
     def adopt(self, tmp_path: Path, digest: bytes) -> None:
         """Move a fully written, fsynced temporary file whose SHA-256 is ``digest`` into the store
         (an intact copy already there is kept, a damaged one replaced). The temporary file is gone

@@ -89,3 +89,38 @@ def test_each_distinct_manifest_is_stored_once_and_the_record_names_the_right_on
     assert [e.path for e in before.entries] == [b".", b"a"]
     assert [e.path for e in after.entries] == ([b".", b"a", b"b"] if changes else [b".", b"a"])
     assert (record.outputs.created, record.outputs.modified, record.outputs.deleted) == (int(changes), 0, 0)
+
+
+def test_attach_refuses_a_file_swapped_for_a_fifo_after_listing_instead_of_hanging(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    from asl_capture.capture import attach
+    from asl_capture.errors import CaptureError
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a").write_bytes(b"a")
+    (tree / "b").write_bytes(b"b")
+    store = ObjectStore(ProvenanceDir.create(tmp_path / "prov"))
+    real_put_fd = ObjectStore.put_fd
+
+    def swap_then_put(self: ObjectStore, fd: int) -> tuple[bytes, int]:
+        if (tree / "b").is_file():  # between the listing and b's open, b becomes a FIFO
+            (tree / "b").unlink()
+            os.mkfifo(tree / "b")
+        return real_put_fd(self, fd)
+
+    monkeypatch.setattr(ObjectStore, "put_fd", swap_then_put)
+
+    def hung(_signum: int, _frame: object) -> None:
+        raise TimeoutError("attach blocked on the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        with pytest.raises(CaptureError, match=r"tree/b: cannot attach: attachment is not a regular file"):
+            attach(store, tree, tmp_path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

@@ -227,3 +227,38 @@ def test_a_failed_put_leaves_no_temporary_file(store: ObjectStore, monkeypatch: 
     with pytest.raises(StoreError, match="No space left on device"):
         store.put(b"x" * 10_000)
     assert [p for p in store.prov.objects.rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, 3 * (1 << 20) + 7])
+def test_put_fd_streams_from_the_position_to_the_end(store: ObjectStore, tmp_path: Path, size: int) -> None:
+    data = os.urandom(size + 5)
+    source = tmp_path / "source"
+    source.write_bytes(data)
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        os.lseek(fd, 5, os.SEEK_SET)
+        digest, stored = store.put_fd(fd)
+    finally:
+        os.close(fd)
+    assert (digest, stored) == (hashlib.sha256(data[5:]).digest(), size)
+    assert store.read(digest) == data[5:]
+    assert not [p for p in store.prov.objects.rglob(".*")]  # no temporary file left
+
+
+def test_put_fd_keeps_an_intact_copy_and_leaves_nothing_on_a_read_error(store: ObjectStore,
+                                                                        tmp_path: Path) -> None:
+    digest = store.put(b"same")
+    path = store.prov.object_path(digest)
+    before = os.stat(path).st_ino
+    source = tmp_path / "source"
+    source.write_bytes(b"same")
+    with open(source, "rb") as handle:
+        assert store.put_fd(handle.fileno()) == (digest, 4)
+    assert os.stat(path).st_ino == before
+    directory = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)  # read() of a directory: EISDIR
+    try:
+        with pytest.raises(StoreError, match="cannot store object: Is a directory"):
+            store.put_fd(directory)
+    finally:
+        os.close(directory)
+    assert not [p for p in store.prov.objects.rglob(".*")]
