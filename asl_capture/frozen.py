@@ -114,8 +114,7 @@ def _make_init(cls: type, fields: tuple[dataclasses.Field[Any], ...]) -> types.F
     defaults = tuple(_FACTORY if factory else f.default
                      for f, factory in zip(fields, shape, strict=True)
                      if factory or f.default is not dataclasses.MISSING)
-    function = types.FunctionType(code, scope, "__init__", defaults or None)
-    function.__qualname__ = code.co_qualname
+    function = types.FunctionType(code, scope, "__init__", defaults or None)  # its __qualname__ is co_qualname
     function.__module__ = cls.__module__
     function.__annotations__ = {**{f.name: f.type for f in fields}, "return": None}
     return function
