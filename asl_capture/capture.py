@@ -10,29 +10,33 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import secrets
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import field
 from pathlib import Path
 
-from asl_capture import chain, envpolicy, gcpause, projectconfig, safeio
-from asl_capture.agent import ENV_AGENT, AgentSigner, SigningAgent, connect
+from asl_capture import builduser, envpolicy, gcpause, projectconfig, safeio
+from asl_capture.agent import ENV_AGENT, AgentClient, Peer, SigningAgent, connect
+from asl_capture.builduser import BuildUser
 from asl_capture.context import host_info, read_sources, vcs_info
-from asl_capture.cose import MessageSigner
 from asl_capture.errors import AslError, CaptureError, CheckpointError, RecordWriteError, UsageError
-from asl_capture.format import Attachment, Inputs, Log, Manifest, Outputs, Source, StepRecord, Vcs, diff
+from asl_capture.format import Attachment, Inputs, Log, Manifest, Outputs, RunAs, Source, StepRecord, Vcs, diff
 from asl_capture.frozen import frozen
 from asl_capture.hashing import Hasher
+from asl_capture.keeper import ChainKeeper
 from asl_capture.keys import ENV_KEY, ENV_PASSPHRASE_FILE, PASSPHRASE_ENV, Signer, ephemeral_signer, signing_key
 from asl_capture.manifest import Excluder, label_for, snapshot
 from asl_capture.projectconfig import ProjectConfig
 from asl_capture.runner import RunResult, StoredLog, release_signals, run
+from asl_capture.spool import SpoolStore
 from asl_capture.statcache import StatCache
-from asl_capture.store import ObjectStore, ProvenanceDir
+from asl_capture.store import ObjectStore, ProvenanceDir, Store
 
 ENV_DIR = "ASL_CAPTURE_DIR"
 ENV_PARENT = "ASL_CAPTURE_PARENT"
+#: The user a root capture runs its command as, when neither --user nor --as-root is given
+#: (``root`` keeps root, as --as-root does).
+ENV_USER = "ASL_CAPTURE_USER"
 #: Never handed to the captured command: it signs through the agent instead (agent.py).
 KEY_ENV = (ENV_KEY, ENV_PASSPHRASE_FILE, PASSPHRASE_ENV)
 EXIT_CANNOT_START = 127
@@ -57,6 +61,12 @@ class CaptureConfig:
     root: Path | None = None
     sources_file: Path | None = None
     attach: tuple[Path, ...] = ()
+    #: Who a root capture runs the command as: a user name or uid; None for $ASL_CAPTURE_USER, else
+    #: the build user :data:`asl_capture.builduser.DEFAULT_USER`.
+    user: str | None = None
+    as_root: bool = False
+    #: Directories the build user may write in (see :func:`asl_capture.builduser.grant`).
+    writable: tuple[Path, ...] = ()
     forward_output: bool = True
     progress: Callable[[str], None] | None = field(default=None, compare=False)
 
@@ -80,7 +90,7 @@ def resolve_provenance(config: CaptureConfig, project: ProjectConfig) -> Path:
     return project.provenance if project.provenance is not None else config.cwd / "provenance"
 
 
-def resolve_signer(config: CaptureConfig, notify: Callable[[str], None]) -> MessageSigner:
+def resolve_signer(config: CaptureConfig, notify: Callable[[str], None]) -> Signer | AgentClient:
     """The signer: ``--ephemeral-key``, ``--key``, the enclosing capture's agent (``$ASL_CAPTURE_AGENT``),
     ``$ASL_CAPTURE_KEY``, or the per-user development key, in this order (the key files as
     :func:`asl_capture.keys.signing_key` resolves them).
@@ -109,6 +119,64 @@ def _abs(path: Path, cwd: Path) -> Path:
     return path if path.is_absolute() else cwd / path
 
 
+def resolve_user(config: CaptureConfig, *, nested: bool) -> BuildUser | None:
+    """Who the command runs as: None for this process's own user (not root, ``--as-root``, or a
+    capture nested in a build, whose key holder decided), else the build user.
+
+    Raises:
+        UsageError: --user with --as-root, --user or --as-root in a nested capture, or an unknown user.
+    """
+    if config.user is not None and config.as_root:
+        raise UsageError("--user and --as-root exclude each other")
+    if nested:
+        if config.user is not None or config.as_root:
+            raise UsageError("--user and --as-root belong to the outermost capture, which holds the key; "
+                             "a nested capture runs its command as the build's user")
+        return None
+    if os.geteuid() != 0:
+        if config.user is not None:
+            raise UsageError("--user needs asl-capture to run as root")
+        return None
+    name = config.user or config.environ.get(ENV_USER) or builduser.DEFAULT_USER
+    if config.as_root or name == "root":
+        return None
+    return builduser.resolve(name)
+
+
+def _user_environ(environ: Mapping[str, str], user: BuildUser | None) -> Mapping[str, str]:
+    """The environment the command gets and the record states: the build user's home and name."""
+    if user is None:
+        return environ
+    return {**environ, "HOME": user.home, "USER": user.name, "LOGNAME": user.name}
+
+
+def _inside_holder(environ: Mapping[str, str], prov: ProvenanceDir) -> bool:
+    """Whether this process runs inside a build whose key holder keeps the chain of ``prov``."""
+    outer = environ.get(ENV_DIR)
+    if not environ.get(ENV_AGENT) or not outer:
+        return False
+    try:
+        return os.path.samefile(outer, prov.root)
+    except OSError:
+        return False
+
+
+def _nested_cache(prov: ProvenanceDir, environ: Mapping[str, str]) -> Path | None:
+    """Where a nested capture keeps its stat cache: its own user's cache directory, one file per
+    chain (the provenance directory belongs to the key holder and is not written by steps)."""
+    import hashlib
+
+    base = environ.get("XDG_CACHE_HOME") or (os.path.join(environ["HOME"], ".cache") if environ.get("HOME") else "")
+    if not base:
+        return None
+    directory = Path(base) / "asl-capture" / "statcache"
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return directory / hashlib.sha256(os.fsencode(os.path.realpath(prov.root))).hexdigest()[:32]
+
+
 def capture(config: CaptureConfig, *, notify: Callable[[str], None]) -> CaptureOutcome:
     """Run ``config.argv`` under capture and append its signed record.
 
@@ -135,17 +203,41 @@ def _capture(config: CaptureConfig, notify: Callable[[str], None]) -> CaptureOut
     out_roots = [_abs(p, cwd) for p in config.outputs] if declared else [root]
     excluder = Excluder(patterns=config.excludes + project.excludes,
                         absolute=_provenance_paths(prov_path, in_roots + out_roots))
-    prov = ProvenanceDir.create(prov_path)
     signer = resolve_signer(config, notify)
-    if isinstance(signer, AgentSigner) and os.path.realpath(signer.provenance) != os.path.realpath(prov.root):
-        raise UsageError(f"a nested capture signs only for the enclosing build's chain ({signer.provenance}), "
-                         f"not {prov.root}; pass --key to sign another chain with a key of its own")
-    chain.check_appendable(prov)
-    store = ObjectStore(prov)
+    nested = isinstance(signer, AgentClient)
+    user = resolve_user(config, nested=nested)
+    keeper: ChainKeeper | None = None
+    if isinstance(signer, AgentClient):
+        if os.path.realpath(signer.provenance) != os.path.realpath(prov_path):
+            raise UsageError(f"a nested capture signs only for the enclosing build's chain ({signer.provenance}), "
+                             f"not {prov_path}; pass --key to sign another chain with a key of its own")
+        prov = ProvenanceDir(prov_path)  # the key holder's: this capture never writes it
+        store: Store = SpoolStore(signer, prov)
+        cache_path = _nested_cache(prov, config.environ)
+    else:
+        prov = ProvenanceDir.create(prov_path)
+        keeper = ChainKeeper.open(prov, signer, nested_in_holder=_inside_holder(config.environ, prov))
+        store = ObjectStore(prov)
+        cache_path = prov.statcache
+    try:
+        return _run_and_record(config, cwd, prov, signer, keeper, store, cache_path, user, project, excluder,
+                               in_roots, out_roots)
+    finally:
+        if keeper is not None:
+            keeper.close()
+        if isinstance(store, SpoolStore):
+            store.close()
+
+
+def _run_and_record(
+    config: CaptureConfig, cwd: Path, prov: ProvenanceDir, signer: Signer | AgentClient, keeper: ChainKeeper | None,
+    store: Store, cache_path: Path | None, user: BuildUser | None, project: ProjectConfig, excluder: Excluder,
+    in_roots: list[Path], out_roots: list[Path],
+) -> CaptureOutcome:
     for path in config.inputs:
         if not os.path.lexists(_abs(path, cwd)):
             raise CaptureError(f"{path}: declared input does not exist")
-    cache = StatCache.load(prov.statcache)
+    cache = StatCache.load(cache_path) if cache_path is not None else StatCache()
     hasher = Hasher(cache=cache)
 
     def take(roots: list[Path]) -> Manifest:
@@ -163,26 +255,44 @@ def _capture(config: CaptureConfig, notify: Callable[[str], None]) -> CaptureOut
     sources_stamp = _stamp(_abs(config.sources_file, cwd)) if config.sources_file else None
     vcs = vcs_info(cwd)
 
-    run_id = secrets.token_bytes(16)
     parent = _parent(config.environ, prov)
-    child_env = {k: v for k, v in config.environ.items() if k not in KEY_ENV}
+    if isinstance(signer, AgentClient) and parent is None:
+        raise UsageError(f"this capture signs through the enclosing build's agent but names no enclosing capture "
+                         f"({ENV_PARENT} is missing or malformed); the command was not run")
+    environ = _user_environ(config.environ, user)
+    child_env = {k: v for k, v in environ.items() if k not in KEY_ENV}
     child_env[ENV_DIR] = str(prov.root)
-    child_env[ENV_PARENT] = run_id.hex()
-
-    before = _Before(prov=prov, signer=signer, store=store, cwd=cwd, take=take, inputs=inputs,
-                     outputs_before=outputs_before, out_roots=out_roots, cache=cache,
-                     sources_stamp=sources_stamp, vcs=vcs, run_id=run_id, parent=parent)
+    runas = _runas(user)
+    before = _Before(prov=prov, signer=signer, keeper=keeper, store=store, cwd=cwd, take=take, inputs=inputs,
+                     outputs_before=outputs_before, out_roots=out_roots, cache=cache, cache_path=cache_path,
+                     sources_stamp=sources_stamp, vcs=vcs, run_id=keeper.own_id if keeper else bytes(16),
+                     parent=parent, environ=environ, runas=runas)
     _check_encodable(config, before)
-    # A capture holding the key itself serves it to the captures nested in its command; one that
+    if user is not None:
+        for directory in (*project.writable, *config.writable):
+            builduser.grant(_abs(directory, cwd), user)
+    if isinstance(signer, AgentClient):
+        assert parent is not None
+        before = dataclasses.replace(before, run_id=signer.begin(parent))  # the key holder hands out ids
+    child_env[ENV_PARENT] = before.run_id.hex()
+    # A capture holding the key serves the chain to the captures nested in its command; one that
     # signs through an agent passes that agent on (ASL_CAPTURE_AGENT is inherited unchanged).
-    agent = SigningAgent(signer=signer, prov=prov) if isinstance(signer, Signer) else None
+    agent = None
+    if keeper is not None and isinstance(signer, Signer):
+        agent = SigningAgent(keeper=keeper, kid=signer.kid, public=signer.public_raw(),
+                             build_user=Peer(uid=user.uid, gid=user.gid) if user is not None else None)
+    launcher: Path | None = None
     try:
+        if user is not None:
+            launcher = _launcher(user)
+            child_env["PATH"] = f"{launcher / 'bin'}:{child_env.get('PATH', os.defpath)}"
         if agent is not None:
             child_env[ENV_AGENT] = agent.start()
         try:
-            result = run(config.argv, env=child_env, cwd=cwd, store=store, forward_output=config.forward_output)
+            result = run(config.argv, env=child_env, cwd=cwd, store=store, forward_output=config.forward_output,
+                         user=(user.uid, user.gid) if user is not None else None)
         finally:
-            if agent is not None:  # nothing nested can be signed once the command has ended
+            if agent is not None:  # nothing nested can be appended once the command has ended
                 agent.close()
         try:
             return _record(config, before, result)
@@ -192,6 +302,47 @@ def _capture(config: CaptureConfig, notify: Callable[[str], None]) -> CaptureOut
             raise RecordWriteError(f"the command ran but its record could not be written: {exc}") from None
     finally:
         release_signals()
+        if launcher is not None:
+            import shutil
+
+            shutil.rmtree(launcher, ignore_errors=True)
+
+
+def _launcher(user: BuildUser) -> Path:
+    """A fresh directory holding ``bin/asl-capture`` for the build user (see :func:`builduser.make_launcher`).
+
+    Raises:
+        UsageError: it cannot be made.
+    """
+    import sys
+    import tempfile
+
+    try:
+        directory = Path(tempfile.mkdtemp(prefix="asl-launch-"))
+    except OSError as exc:
+        raise UsageError(f"cannot create the build user's launcher directory: {exc.strerror}") from None
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        builduser.make_launcher(directory, user, interpreter=sys.executable, package_parent=package_parent)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return directory
+
+
+def _runas(user: BuildUser | None) -> RunAs:
+    if user is not None:
+        return RunAs(uid=user.uid, gid=user.gid, name=user.name)
+    import pwd
+
+    uid = os.geteuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    return RunAs(uid=uid, gid=os.getegid(), name=name)
 
 
 @frozen
@@ -199,18 +350,22 @@ class _Before:
     """What a capture knew before the command ran, for writing its record afterwards."""
 
     prov: ProvenanceDir
-    signer: MessageSigner
-    store: ObjectStore
+    signer: Signer | AgentClient
+    keeper: ChainKeeper | None
+    store: Store
     cwd: Path
     take: Callable[[list[Path]], Manifest]
     inputs: Manifest
     outputs_before: Manifest
     out_roots: list[Path]
     cache: StatCache
+    cache_path: Path | None
     sources_stamp: tuple[int, int, int] | None
     vcs: Vcs | None
     run_id: bytes
     parent: bytes | None
+    environ: Mapping[str, str]
+    runas: RunAs
 
 
 def _record(config: CaptureConfig, b: _Before, result: RunResult) -> CaptureOutcome:
@@ -244,7 +399,8 @@ def _record(config: CaptureConfig, b: _Before, result: RunResult) -> CaptureOutc
             attached += attach(store, _abs(path, cwd), cwd)
         except AslError as exc:
             errors.append(str(exc))
-    b.cache.save(b.prov.statcache)
+    if b.cache_path is not None:
+        b.cache.save(b.cache_path)
 
     changes = diff(outputs_before, outputs_after)
     # A manifest that is the same object as another (inputs and outputs over the same roots, outputs
@@ -264,8 +420,21 @@ def _record(config: CaptureConfig, b: _Before, result: RunResult) -> CaptureOutc
     if config.attach:
         draft = dataclasses.replace(draft, attached=tuple(attached))
     try:
-        record, _item = chain.append(b.prov, b.signer, lambda _head: draft,
-                                     new_chain_id=lambda: secrets.token_bytes(16))
+        if isinstance(b.signer, AgentClient):
+            record, _raw = b.signer.append(draft)
+        else:
+            assert b.keeper is not None
+            found: list[str] = []
+
+            def own(notes: tuple[str, ...]) -> StepRecord:
+                found[:] = notes
+                if not found:
+                    return draft
+                return _draft(config, b, result, errors + found, trees, sources, ephemeral_key=draft.ephemeral_key,
+                              attached=draft.attached)
+
+            record, _item = b.keeper.append_own(own)
+            errors += found
     except CheckpointError as exc:
         raise RecordWriteError(str(exc)) from None
     except AslError as exc:
@@ -273,7 +442,7 @@ def _record(config: CaptureConfig, b: _Before, result: RunResult) -> CaptureOutc
     return CaptureOutcome(exit_code=_exit_code(result, errors), record=record, seq=record.seq)
 
 
-def attach(store: ObjectStore, path: Path, cwd: Path) -> list[Attachment]:
+def attach(store: Store, path: Path, cwd: Path) -> list[Attachment]:
     """Store the bytes of ``path`` (a file, or every regular file under a directory, sorted; symlinks
     are not followed) as objects; return their ``{"path", "digest", "size"}`` entries for the record.
 
@@ -408,18 +577,19 @@ def _text(value: str) -> str | bytes:
 
 def _draft(
     config: CaptureConfig, b: _Before, result: RunResult, errors: list[str], trees: tuple[Inputs, Outputs],
-    sources: tuple[Source, ...] | None,
+    sources: tuple[Source, ...] | None, *, ephemeral_key: bytes | None = None,
+    attached: tuple[Attachment, ...] | None = None,
 ) -> StepRecord:
     """The record, with placeholder chain fields (:func:`chain.append` sets them under the lock).
 
     Every piece of text from outside (arguments, names, the environment, error messages) is
     recorded as UTF-8 text, or as bytes when it is not valid UTF-8, so it always encodes.
     """
-    hidden = envpolicy.secret_values(config.environ)
-    sde = config.environ.get("SOURCE_DATE_EPOCH", "")
+    hidden = envpolicy.secret_values(b.environ)
+    sde = b.environ.get("SOURCE_DATE_EPOCH", "")
     env: dict[str, str | bytes | None] = {}
     env_bytes: list[tuple[bytes, str | bytes | None]] = []
-    for name, value in envpolicy.recorded_env(config.environ).items():
+    for name, value in envpolicy.recorded_env(b.environ).items():
         shown = None if value is None else _text(envpolicy.mask(value, hidden))
         key = _text(name)
         if isinstance(key, str):
@@ -449,6 +619,9 @@ def _draft(
         error=_text(envpolicy.mask("; ".join(errors), hidden)) if errors else None,
         signals=tuple(result.signals) if result.signals else None,
         env_bytes=tuple(sorted(env_bytes)) if env_bytes else None,
+        ephemeral_key=ephemeral_key,
+        attached=attached,
+        user=b.runas,
     )
 
 

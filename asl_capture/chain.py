@@ -185,6 +185,20 @@ def locked(prov: ProvenanceDir) -> Iterator[None]:
     Raises:
         ChainError: the lock file cannot be opened (or is a symlink or not a regular file).
     """
+    fd = lock(prov)
+    try:
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def lock(prov: ProvenanceDir, *, wait: bool = True) -> int:
+    """Take the chain's exclusive append lock; return the descriptor whose closing releases it.
+
+    Raises:
+        BlockingIOError: ``wait`` is false and another process holds the lock.
+        ChainError: the lock file cannot be opened (or is a symlink or not a regular file).
+    """
     try:
         fd = os.open(prov.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
     except OSError as exc:
@@ -192,10 +206,11 @@ def locked(prov: ProvenanceDir) -> Iterator[None]:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ChainError(f"{prov.lock}: lock file is not a regular file")
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @frozen
@@ -208,8 +223,12 @@ class Head:
     end: int
 
 
-def _head_from_item(item: Item) -> Head:
-    """The head after ``item``, which must be exactly one COSE_Sign1 message (no trailing bytes)."""
+def head_after(item: Item) -> Head:
+    """The head after ``item``, which must be exactly one COSE_Sign1 message (no trailing bytes).
+
+    Raises:
+        CborError, FormatError, VerificationError: the item is not a well-formed record.
+    """
     msg = cose.parse(dcbor.decode(item.raw, tags=cose.COSE_TAGS))
     record = StepRecord.from_cbor(msg.payload)
     return Head(chain=record.chain, next_seq=record.seq + 1, prev=item.digest, end=item.offset + len(item.raw))
@@ -236,9 +255,15 @@ def _read_cached_head(prov: ProvenanceDir, fd: int, size: int) -> Head | None:
     if hashlib.sha256(raw).digest() != digest:
         return None
     try:
-        return _head_from_item(Item(start, raw))
+        return head_after(Item(start, raw))
     except AslError:  # the cache is advisory: anything odd means "rescan"
         return None
+
+
+def forget_head(prov: ProvenanceDir) -> None:
+    """Remove the head cache (the next reader rescans the chain)."""
+    with contextlib.suppress(FileNotFoundError):
+        prov.head.unlink()
 
 
 def _write_head(prov: ProvenanceDir, item: Item) -> None:
@@ -256,8 +281,9 @@ def read_checkpoint(prov: ProvenanceDir) -> bytes:
     return safeio.read_regular(prov.checkpoint, limit=CHECKPOINT_LIMIT, what="checkpoint")
 
 
-def _write_checkpoint(prov: ProvenanceDir, signer: MessageSigner, record: StepRecord, item: Item) -> None:
-    """Replace ``checkpoint.cose`` with a signed :class:`Checkpoint` of the chain's newest record.
+def write_checkpoint(prov: ProvenanceDir, signer: MessageSigner, record: StepRecord, item: Item) -> bytes:
+    """Replace ``checkpoint.cose`` with a signed :class:`Checkpoint` of the chain's newest record;
+    return the bytes written.
 
     The chain alone cannot show that records were cut from its end; the checkpoint can, unless an
     older checkpoint is put back too (the signed release manifest anchors that case).
@@ -273,9 +299,16 @@ def _write_checkpoint(prov: ProvenanceDir, signer: MessageSigner, record: StepRe
     except OSError as exc:
         raise CheckpointError(f"record seq {record.seq} was appended, but {prov.checkpoint} could not be updated: "
                               f"{exc.strerror} (the previous checkpoint still holds)", seq=record.seq) from None
+    return data
 
 
-def _current_head(prov: ProvenanceDir, fd: int) -> Head:
+def head_of(prov: ProvenanceDir, fd: int) -> Head:
+    """The head of the chain open as ``fd`` (the head cache when it is consistent, else a scan).
+
+    Raises:
+        TornTailError: the chain ends with a partial record.
+        ChainError: its last record cannot be read.
+    """
     size = os.fstat(fd).st_size
     if size == 0:
         return Head(chain=None, next_seq=0, prev=None, end=0)
@@ -288,7 +321,7 @@ def _current_head(prov: ProvenanceDir, fd: int) -> Head:
         raise TornTailError(str(prov.chain), offset=scan.torn[0], length=scan.torn[1], records=len(scan.items),
                             zeros=scan.zeros)
     try:
-        return _head_from_item(scan.items[-1])
+        return head_after(scan.items[-1])
     except AslError as exc:
         raise ChainError(f"{prov.chain}: last record cannot be read: {exc}") from None
 
@@ -301,9 +334,9 @@ def check_appendable(prov: ProvenanceDir) -> Head:
         ChainError: the chain cannot be opened or its last record cannot be read.
     """
     with locked(prov):
-        fd = _open_chain(prov)
+        fd = open_for_append(prov)
         try:
-            return _current_head(prov, fd)
+            return head_of(prov, fd)
         finally:
             os.close(fd)
 
@@ -325,12 +358,17 @@ def current_head(prov: ProvenanceDir) -> Head:
     except OSError as exc:
         raise ChainError(f"{prov.chain}: cannot open chain: {safeio.describe(exc)}") from None
     try:
-        return _current_head(prov, fd)
+        return head_of(prov, fd)
     finally:
         os.close(fd)
 
 
-def _open_chain(prov: ProvenanceDir) -> int:
+def open_for_append(prov: ProvenanceDir) -> int:
+    """Open (creating) the chain for appending (``O_APPEND``), refusing a symlink or a non-regular file.
+
+    Raises:
+        ChainError: it cannot be opened or is not a regular file.
+    """
     try:
         fd = os.open(prov.chain, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                      0o644)
@@ -364,27 +402,44 @@ def append(
         CheckpointError: the record was appended but the checkpoint could not be updated.
     """
     with locked(prov):
-        fd = _open_chain(prov)
+        fd = open_for_append(prov)
         try:
-            head = _current_head(prov, fd)
-            record = build(head).linked(chain=head.chain if head.chain is not None else new_chain_id(),
-                                  seq=head.next_seq, prev=head.prev)
-            payload = record.to_cbor()
-            StepRecord.from_cbor(payload)  # never sign what a verifier would reject
-            raw = signer.sign_message(payload, content_type=STEP_CONTENT_TYPE)
-            try:
-                safeio.write_all(fd, raw)
-                os.fsync(fd)
-            except OSError as exc:
-                _cut_back(fd, head.end)
-                message = f"{prov.chain}: cannot append record: {exc.strerror}; the chain is unchanged"
-                raise ChainError(message) from None
-            item = Item(head.end, raw)
-            _write_head(prov, item)
-            _write_checkpoint(prov, signer, record, item)
+            head = head_of(prov, fd)
+            record, item = append_at(prov, fd, head, signer, build(head), new_chain_id=new_chain_id)
+            write_checkpoint(prov, signer, record, item)
             return record, item
         finally:
             os.close(fd)
+
+
+def append_at(
+    prov: ProvenanceDir, fd: int, head: Head, signer: MessageSigner, draft: StepRecord, *,
+    new_chain_id: Callable[[], bytes],
+) -> tuple[StepRecord, Item]:
+    """Place ``draft`` after ``head``, sign it, write it to the chain open as ``fd`` (``O_APPEND``,
+    the caller holding the lock and vouching that ``head`` is where the chain ends), then the head
+    cache (the caller writes the checkpoint: :func:`write_checkpoint`). A write that fails part-way
+    is cut back to ``head.end``.
+
+    Raises:
+        FormatError: the record breaks the format; nothing is written.
+        ChainError: the record cannot be written (the chain is left as it was).
+    """
+    record = draft.linked(chain=head.chain if head.chain is not None else new_chain_id(),
+                          seq=head.next_seq, prev=head.prev)
+    payload = record.to_cbor()
+    StepRecord.from_cbor(payload)  # never sign what a verifier would reject
+    raw = signer.sign_message(payload, content_type=STEP_CONTENT_TYPE)
+    try:
+        safeio.write_all(fd, raw)
+        os.fsync(fd)
+    except OSError as exc:
+        _cut_back(fd, head.end)
+        message = f"{prov.chain}: cannot append record: {exc.strerror}; the chain is unchanged"
+        raise ChainError(message) from None
+    item = Item(head.end, raw)
+    _write_head(prov, item)
+    return record, item
 
 
 def _cut_back(fd: int, end: int) -> None:
@@ -428,7 +483,7 @@ def repair(prov: ProvenanceDir, *, kid: bytes | None = None) -> RepairResult:
             vouches for records that are missing or damaged, or ``kid`` did not sign it.
     """
     with locked(prov):
-        fd = _open_chain(prov)
+        fd = open_for_append(prov)
         try:
             size = os.fstat(fd).st_size
             scan = split(os.pread(fd, size, 0), name=str(prov.chain))

@@ -15,7 +15,7 @@ from asl_capture.frozen import frozen
 
 #: A pyproject.toml larger than this is refused (it is read whole, before anything runs).
 MAX_SIZE = 4 << 20
-_KEYS = frozenset({"provenance", "exclude"})
+_KEYS = frozenset({"provenance", "exclude", "writable"})
 
 
 @frozen
@@ -24,6 +24,8 @@ class ProjectConfig:
 
     provenance: Path | None = None
     excludes: tuple[str, ...] = ()
+    #: Directories (relative to the project) a step running as the build user may write in.
+    writable: tuple[Path, ...] = ()
 
 
 def load(directory: Path) -> ProjectConfig:
@@ -58,4 +60,8 @@ def load(directory: Path) -> ProjectConfig:
         raise UsageError(f"{path}: [tool.asl-capture] provenance must be a string")
     if not isinstance(excludes, list) or not all(isinstance(e, str) for e in excludes):
         raise UsageError(f"{path}: [tool.asl-capture] exclude must be a list of strings")
-    return ProjectConfig(provenance=Path(provenance) if provenance else None, excludes=tuple(excludes))
+    writable = table.get("writable", [])
+    if not isinstance(writable, list) or not all(isinstance(w, str) and w for w in writable):
+        raise UsageError(f"{path}: [tool.asl-capture] writable must be a list of directory names")
+    return ProjectConfig(provenance=Path(provenance) if provenance else None, excludes=tuple(excludes),
+                         writable=tuple(directory / w for w in writable))

@@ -22,7 +22,7 @@ from types import FrameType
 from asl_capture import safeio
 from asl_capture.errors import StoreError
 from asl_capture.frozen import frozen
-from asl_capture.store import ObjectStore
+from asl_capture.store import Store
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _CHUNK = 1 << 18
@@ -59,7 +59,7 @@ class _Sink:
     forwarded, and :meth:`close` reports the failure.
     """
 
-    def __init__(self, store: ObjectStore, forward_fd: int | None) -> None:
+    def __init__(self, store: Store, forward_fd: int | None) -> None:
         self.fd, self.path = store.new_temp()
         self.hash = hashlib.sha256()
         self.size = 0
@@ -92,7 +92,7 @@ class _Sink:
         """Give up: remove the temporary file."""
         self._discard()
 
-    def close(self, store: ObjectStore, name: str) -> StoredLog:
+    def close(self, store: Store, name: str) -> StoredLog:
         """Store the log as an object; the temporary file is gone afterwards, whatever happens.
 
         Raises:
@@ -148,10 +148,12 @@ def run(
     *,
     env: Mapping[str, str],
     cwd: Path,
-    store: ObjectStore,
+    store: Store,
     forward_output: bool = True,
+    user: tuple[int, int] | None = None,
 ) -> RunResult:
-    """Run ``argv`` to completion; see the module docstring.
+    """Run ``argv`` to completion; see the module docstring. With ``user`` (uid, gid) the command
+    runs as that user, with no supplementary groups (and so without root's capabilities).
 
     SIGINT, SIGTERM and SIGHUP stay blocked when this returns: call :func:`release_signals` once
     the step's record is written.
@@ -184,9 +186,13 @@ def run(
             proc = subprocess.Popen(
                 list(argv), stdin=None, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 env=dict(env), cwd=cwd, process_group=0, close_fds=True,
+                user=user[0] if user is not None else None, group=user[1] if user is not None else None,
+                extra_groups=[] if user is not None else None,
             )
         except OSError as exc:
             start_error = f"cannot start {argv[0]!r}: {exc.strerror}"
+            if user is not None and isinstance(exc, PermissionError):
+                start_error += f" (as uid {user[0]}: can that user reach the program and the working directory?)"
         else:
             child.append(proc)
             if received:  # a signal arrived while we were starting it

@@ -11,6 +11,7 @@ import hashlib
 import os
 import stat
 from pathlib import Path
+from typing import Protocol
 
 from asl_capture import safeio
 from asl_capture.errors import StoreError
@@ -146,6 +147,21 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class Store(Protocol):
+    """What a capture writes objects through: the object store itself, or (for a capture nested in
+    a build) :class:`asl_capture.spool.SpoolStore`, which hands them to the key holder."""
+
+    prov: ProvenanceDir
+
+    def put(self, data: bytes) -> bytes: ...
+
+    def put_fd(self, fd: int) -> tuple[bytes, int]: ...
+
+    def new_temp(self) -> tuple[int, Path]: ...
+
+    def adopt(self, tmp_path: Path, digest: bytes) -> None: ...
 
 
 class ObjectStore:

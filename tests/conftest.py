@@ -43,6 +43,9 @@ def cli_env(tmp_path: Path, keypair: KeyPair) -> dict[str, str]:
     env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
     env["ASL_CAPTURE_KEY"] = str(keypair.key)
     env["ASL_CAPTURE_DIR"] = str(tmp_path / "prov")
+    # pytest's tmp_path sits below a mode-0700 directory no build user can reach: these tests keep the
+    # command as root; tests/integration/test_steps_unprivileged.py tests the build user.
+    env["ASL_CAPTURE_USER"] = "root"
     return env
 
 

@@ -20,10 +20,17 @@ torn chain tail, an unreadable input, a deleted working directory or text that c
 be recorded; 125 when the command ran but its record could not be written or completed
 (a full disk included: nothing half-written is left behind).
 \b
+As root, CMD runs as the unprivileged build user (asl-build, or --user), so that no step
+can read the key, this process's memory or environment, or write the provenance
+directory; --as-root keeps root. Captures nested in CMD append through this one, which
+holds the chain: a step that alters the chain makes this capture restore it, record the
+fact (status failed) and exit non-zero (125 when CMD itself succeeded).
+\b
 Environment: ASL_CAPTURE_DIR (provenance directory), ASL_CAPTURE_KEY (signing key),
-ASL_KEY_PASSPHRASE or ASL_CAPTURE_PASSPHRASE_FILE (key passphrase). The command gets
-ASL_CAPTURE_DIR, ASL_CAPTURE_PARENT and ASL_CAPTURE_AGENT (the socket through which the
-captures nested in it sign, while it runs); never the key's path or passphrase.
+ASL_KEY_PASSPHRASE or ASL_CAPTURE_PASSPHRASE_FILE (key passphrase), ASL_CAPTURE_USER
+(the user CMD runs as under root; "root" keeps root). The command gets ASL_CAPTURE_DIR,
+ASL_CAPTURE_PARENT and ASL_CAPTURE_AGENT (the socket through which the captures nested in
+it append, while it runs); never the key's path or passphrase.
 """
 
 
@@ -49,10 +56,18 @@ captures nested in it sign, while it runs); never the key's path or passphrase.
 @click.option("--attach", "attach", multiple=True, type=click.Path(path_type=Path),
               help="After the step, store the bytes of this file (or of every file under this directory) as "
                    "objects named in the record (repeatable).")
+@click.option("--user", "user", help="Run as root: run CMD as this user (name or uid; default: $ASL_CAPTURE_USER, "
+              "else the build user asl-build, created on first use).")
+@click.option("--as-root", is_flag=True, help="Run as root: run CMD as root (steps can then reach the key holder; "
+              "the record says so).")
+@click.option("--writable", "writable", multiple=True, type=click.Path(path_type=Path),
+              help="Directory the build user may create entries in (made if missing; group-writable, sticky; "
+                   "repeatable; also [tool.asl-capture] writable).")
 @click.argument("command", nargs=-1, required=False, type=click.UNPROCESSED)
 def cli(step: str | None, provenance: Path | None, key: Path | None, passphrase_file: Path | None,
         ephemeral_key: bool, inputs: tuple[Path, ...], outputs: tuple[Path, ...], excludes: tuple[str, ...],
-        root: Path | None, sources_file: Path | None, attach: tuple[Path, ...], command: tuple[str, ...]) -> int:
+        root: Path | None, sources_file: Path | None, attach: tuple[Path, ...], user: str | None, as_root: bool,
+        writable: tuple[Path, ...], command: tuple[str, ...]) -> int:
     """Run CMD, hash what it read and wrote, and append a signed provenance record."""
     progress = (lambda msg: click.echo(f"\r{msg}", err=True, nl=False)) if sys.stderr.isatty() else None
     try:
@@ -63,7 +78,8 @@ def cli(step: str | None, provenance: Path | None, key: Path | None, passphrase_
     config = CaptureConfig(
         argv=command, environ=dict(os.environ), cwd=cwd, step=step, provenance=provenance, key=key,
         passphrase_file=passphrase_file, ephemeral_key=ephemeral_key, inputs=inputs, outputs=outputs,
-        excludes=excludes, root=root, sources_file=sources_file, attach=attach, progress=progress,
+        excludes=excludes, root=root, sources_file=sources_file, attach=attach, user=user, as_root=as_root,
+        writable=writable, progress=progress,
     )
     outcome = capture(config, notify=lambda msg: click.echo(msg, err=True))
     error = outcome.record.error

@@ -32,7 +32,18 @@ if TYPE_CHECKING:
         RELEASE_VERSION,
         STEP_CONTENT_TYPE,
     )
-    from asl_capture.format.record import STATUSES, Attachment, Host, Inputs, Log, Outputs, Source, StepRecord, Vcs
+    from asl_capture.format.record import (
+        STATUSES,
+        Attachment,
+        Host,
+        Inputs,
+        Log,
+        Outputs,
+        RunAs,
+        Source,
+        StepRecord,
+        Vcs,
+    )
     from asl_capture.format.release import BuildKey, ReleaseFile, ReleaseManifest, Surface
     from asl_capture.format.tree import KINDS, Changes, Entry, Manifest, diff
 
@@ -58,6 +69,7 @@ _MODULES = {
     "Inputs": "record",
     "Log": "record",
     "Outputs": "record",
+    "RunAs": "record",
     "Source": "record",
     "StepRecord": "record",
     "Vcs": "record",
@@ -86,6 +98,6 @@ __all__ = [
     "BUILD_MANIFEST_VERSION", "CHECKPOINT_CONTENT_TYPE", "CHECKPOINT_VERSION", "KINDS", "MANIFEST_VERSION",
     "RECORD_VERSION", "RELEASE_CONTENT_TYPE", "RELEASE_VERSION", "STATUSES", "STEP_CONTENT_TYPE", "Attachment",
     "BuildKey", "BuildManifest", "BuildSource", "Changes", "Checkpoint", "Entry", "Host", "Inputs", "Log", "Manifest",
-    "Outputs", "ReleaseFile", "ReleaseManifest", "Source", "StepRecord", "Surface", "SystemTree", "TreeDigest",
+    "Outputs", "ReleaseFile", "ReleaseManifest", "RunAs", "Source", "StepRecord", "Surface", "SystemTree", "TreeDigest",
     "Vcs", "diff",
 ]

@@ -82,6 +82,18 @@ class Host(c.Struct):
 
 
 @frozen
+class RunAs(c.Struct):
+    """``user``: who the step's command ran as. A root capture runs it as an unprivileged build user
+    unless told ``--as-root``; ``uid`` 0 here states that the step ran as root."""
+
+    uid: int
+    gid: int
+    name: str
+
+    FIELDS: ClassVar[Mapping[str, c.Check]] = {"uid": c.uint, "gid": c.uint, "name": c.text}
+
+
+@frozen
 class Vcs(c.Struct):
     """``vcs``: the git commit and tree of the source checkout, and whether it had local changes."""
 
@@ -172,6 +184,8 @@ class StepRecord(c.Struct):
     attached: tuple[Attachment, ...] | None = None
     #: Variables whose names are not valid UTF-8 (so cannot be keys of ``env``): (name, value or None).
     env_bytes: tuple[tuple[bytes, str | bytes | None], ...] | None = None
+    #: Who the command ran as (records written since issue 23 carry it).
+    user: RunAs | None = None
 
     VERSION: ClassVar[int | None] = RECORD_VERSION
     FIELDS: ClassVar[Mapping[str, c.Check]] = {
@@ -184,10 +198,10 @@ class StepRecord(c.Struct):
         "host": Host.from_value, "source_date_epoch": c.integer, "sources": c.array_of(Source.from_value),
         "vcs": Vcs.from_value, "error": c.text_or_bytes, "signals": c.array_of(c.uint),
         "ephemeral_key": c.sized(PUBLIC_KEY_SIZE), "attached": c.array_of(Attachment.from_value),
-        "env_bytes": _env_bytes,
+        "env_bytes": _env_bytes, "user": RunAs.from_value,
     }
     OPTIONAL: ClassVar[frozenset[str]] = frozenset({"source_date_epoch", "sources", "vcs", "error", "signals",
-                                                    "ephemeral_key", "attached", "env_bytes"})
+                                                    "ephemeral_key", "attached", "env_bytes", "user"})
 
     def linked(self, *, chain: bytes, seq: int, prev: bytes | None) -> StepRecord:
         """This record placed in a chain: ``chain``, ``seq`` and ``prev`` replaced."""
