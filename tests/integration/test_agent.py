@@ -96,7 +96,7 @@ def test_nothing_can_be_signed_after_the_outer_capture_ends(
     assert (late.with_suffix(".rc")).read_text().strip() == "2"
     err = Path(f"{late}.err").read_bytes()
     assert_one_line_error(err, "AgentError")
-    assert b"not reachable" in err
+    assert b"is gone: the enclosing capture has ended" in err
     # and directly, with the socket path a step saw
     direct = cli("asl-capture", "--step", "direct", "--", "true", env={**cli_env, "ASL_CAPTURE_AGENT": agent_path},
                  cwd=work)

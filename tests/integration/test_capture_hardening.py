@@ -83,7 +83,7 @@ def test_predictable_temporary_names_are_never_opened(tmp_path: Path, keypair: K
         victims[name] = victim
     (work / "f").write_bytes(b"x" * 10)
     config = CaptureConfig(argv=("true",), environ={"PATH": os.environ["PATH"]}, cwd=work, provenance=prov,
-                           key=keypair.key)
+                           as_root=True, key=keypair.key)
     assert capture(config, notify=lambda _m: None).exit_code == 0
     assert all(v.read_bytes() == b"precious" for v in victims.values())
 

@@ -19,6 +19,7 @@ from tests.conftest import KeyPair
 def _config(work: Path, keypair: KeyPair, tmp_path: Path, messages: list[str] | None) -> CaptureConfig:
     environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
     return CaptureConfig(argv=("true",), environ=environ, cwd=work, provenance=tmp_path / "prov", key=keypair.key,
+                         as_root=True,
                          progress=None if messages is None else messages.append)
 
 
