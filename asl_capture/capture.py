@@ -137,8 +137,12 @@ def resolve_user(config: CaptureConfig, *, nested: bool) -> BuildUser | None:
         if config.user is not None:
             raise UsageError("--user needs asl-capture to run as root")
         return None
-    name = config.user or config.environ.get(ENV_USER) or builduser.DEFAULT_USER
-    if config.as_root or name == "root":
+    if config.as_root:
+        return None
+    if config.user is not None:
+        return builduser.resolve(config.user)
+    name = config.environ.get(ENV_USER) or builduser.DEFAULT_USER
+    if name == "root":  # $ASL_CAPTURE_USER=root: as --as-root
         return None
     return builduser.resolve(name)
 

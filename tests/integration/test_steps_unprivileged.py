@@ -18,11 +18,14 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dropping to a build u
 
 PROBE = """
 me=$(id -u); echo "uid=$me"
-for what in mem environ; do
-    head -c 1 /proc/$PPID/$what > /dev/null 2>&1 && echo "$what=readable" || echo "$what=denied"
-done
+head -c 1 /proc/$HOLDER/environ > /dev/null 2>&1 && echo environ=readable || echo environ=denied
+start=$(head -n 1 /proc/$HOLDER/maps 2>/dev/null | cut -d- -f1)
+mem=denied
+dd if=/proc/$HOLDER/mem of=/dev/null count=0 2>/dev/null && [ -n "$start" ] \
+    && dd if=/proc/$HOLDER/mem of=/dev/null bs=1 count=1 iflag=skip_bytes skip=$((0x$start)) 2>/dev/null && mem=readable
+echo "mem=$mem"
 head -c 1 "$KEYFILE" > /dev/null 2>&1 && echo key=readable || echo key=denied
-: > "$ASL_CAPTURE_DIR/chain.cbor" 2>/dev/null && echo chain=writable || echo chain=denied
+true > "$ASL_CAPTURE_DIR/chain.cbor" 2>/dev/null && echo chain=writable || echo chain=denied
 touch "$ASL_CAPTURE_DIR/planted" 2>/dev/null && echo provenance=writable || echo provenance=denied
 found=no
 for f in /proc/[0-9]*/environ; do
@@ -58,10 +61,11 @@ def test_a_step_cannot_reach_the_key_holders_memory_environment_key_or_chain(
     work.mkdir()
     prov = shared / "prov"
     env = {**env, "ASL_CAPTURE_KEY": str(key), "ASL_KEY_PASSPHRASE": passphrase, "ASL_CAPTURE_DIR": str(prov),
-           "KEYFILE": str(key), "PASSPHRASE": passphrase}
-    # the probe runs as the outer step and again as a nested one
-    script = PROBE + f'asl-capture --step nested -- sh -c \'{PROBE.replace(chr(39), "")}\' > "{work}/nested.out"\n'
-    result = cli("asl-capture", "--step", "outer", "--", "sh", "-c", script, env=env, cwd=work)
+           }
+    probe = PROBE.replace("$KEYFILE", str(key)).replace("$PASSPHRASE", passphrase[:-1] + "[3]")
+    # the probe runs as the outer step and again as a nested one, both against the key holder
+    script = "HOLDER=$PPID; export HOLDER\n" + probe + f'asl-capture --step nested -- sh -c \'{probe.replace(chr(39), "")}\' > "{work}/nested.out"\n'
+    result = cli("asl-capture", "--step", "outer", "--writable", work, "--", "sh", "-c", script, env=env, cwd=work)
     assert result.returncode == 0, result.stderr
     for seen in (_lines(result.stdout), _lines((work / "nested.out").read_bytes())):
         assert seen["uid"] != "0", seen
@@ -74,6 +78,19 @@ def test_a_step_cannot_reach_the_key_holders_memory_environment_key_or_chain(
         assert record.user is not None and record.user.name == "asl-build" and record.user.uid != 0
         assert record.env.get("HOME") in (None, "/var/lib/asl-build")
     assert not (prov / "planted").exists()
+
+
+def test_the_probe_finds_all_of_it_from_a_root_step(env: dict[str, str], shared: Path) -> None:
+    """The same probe as root (--as-root, today's old behaviour) reads everything: it can fail."""
+    passphrase = "correct horse battery staple 23"
+    key, _pub, _kid = generate("enc", directory=shared / "keys", passphrase=passphrase.encode())
+    env = {**env, "ASL_CAPTURE_KEY": str(key), "ASL_KEY_PASSPHRASE": passphrase}
+    probe = PROBE.replace("$KEYFILE", str(key)).replace("$PASSPHRASE", passphrase[:-1] + "[3]")
+    result = cli("asl-capture", "--as-root", "--", "sh", "-c", "HOLDER=$PPID\n" + probe, env=env, cwd=shared)
+    seen = _lines(result.stdout)
+    assert (seen["uid"], seen["mem"], seen["environ"], seen["key"], seen["chain"]) == (
+        "0", "readable", "readable", "readable", "writable"), seen
+    assert seen["passphrase"].startswith("yes:"), seen
 
 
 def test_as_root_keeps_root_and_the_record_says_so(env: dict[str, str], shared: Path, keypair: KeyPair) -> None:
