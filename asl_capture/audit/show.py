@@ -89,7 +89,7 @@ def summary(record: StepRecord, seqs: dict[bytes, int]) -> dict[str, Any]:
         "attached": [{"path": os.fsdecode(a.path) if isinstance(a.path, bytes) else a.path, "sha256": a.digest.hex(),
                       "size": a.size} for a in record.attached or ()],
     }
-    for key in ("vcs", "error", "signals"):
+    for key in ("vcs", "error", "signals", "user"):
         if key in b:
             out[key] = jsonable(b[key])
     sde = b.get("source_date_epoch")
@@ -110,6 +110,10 @@ def lines(s: dict[str, Any], *, full: bool) -> list[str]:
     out.append(f"  outputs   {o.get('entries')} paths, {o.get('files')} files; created {o.get('created')}, "
                f"modified {o.get('modified')}, deleted {o.get('deleted')} (manifest {o.get('manifest')})")
     out.append(f"  logs      stdout {s['stdout'].get('size')} bytes, stderr {s['stderr'].get('size')} bytes")
+    if "user" in s:
+        u = s["user"]
+        root = "  (as root: the step could reach the key holder)" if u.get("uid") == 0 else ""
+        out.append(f"  ran as    {u.get('name')} (uid {u.get('uid')}, gid {u.get('gid')}){root}")
     h = s["host"]
     out.append(f"  host      {h.get('hostname')}, {h.get('machine')}, kernel {h.get('kernel')}, {h.get('tool')}, "
                f"Python {h.get('python')}")

@@ -7,7 +7,11 @@ provenance directory: what is tested is that the key holder notices, restores an
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -183,3 +187,37 @@ def test_200_concurrent_nested_captures_are_all_recorded(
     vcode, out = _verify(cli_env, keypair)
     assert vcode == 0, out
     assert chain.read(Path(cli_env["ASL_CAPTURE_DIR"]) / "chain.cbor").torn is None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs its recipes as the build user")
+def test_make_j8_of_zlib_with_every_recipe_under_capture(cli_env: dict[str, str], keypair: KeyPair) -> None:
+    """A real third-party build, make -j8, each recipe a nested capture of its own, as the build user."""
+    from asl_capture import builduser
+    from tests.integration import thirdparty
+
+    shared = Path(tempfile.mkdtemp(prefix="asl-make-test-"))
+    try:
+        os.chmod(shared, 0o755)
+        tree = thirdparty.unpack(shared)
+        user = builduser.resolve(builduser.DEFAULT_USER)
+        subprocess.run(["./configure"], cwd=tree, check=True, capture_output=True, timeout=300)
+        subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", str(tree)], check=True)
+        wrapper = shared / "recipe-shell"
+        wrapper.write_text('#!/bin/sh\nexec asl-capture --step recipe -i Makefile -- /bin/sh "$@"\n')
+        wrapper.chmod(0o755)
+        env = {k: v for k, v in cli_env.items() if k != "ASL_CAPTURE_USER"}
+        env["ASL_CAPTURE_DIR"] = str(shared / "prov")
+        result = cli("asl-capture", "--step", "make", "--", "make", "-j8", f"SHELL={wrapper}", "libz.a", "example",
+                     "minigzip", env=env, cwd=tree, timeout=900)
+        assert result.returncode == 0, result.stderr.decode()[-3000:]
+        records = read_records(shared / "prov", keypair.pub)
+        nested = records[:-1]
+        assert len(nested) >= 20 and all(r.step == "recipe" and r.status == "ok" for r in nested)
+        assert all(r.parent == records[-1].id for r in nested)
+        assert records[-1].user is not None and records[-1].user.name == builduser.DEFAULT_USER
+        assert (tree / "libz.a").stat().st_uid == user.uid
+        code, out = _verify({**cli_env, "ASL_CAPTURE_DIR": str(shared / "prov")}, keypair)
+        assert code == 0, out
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

@@ -64,7 +64,9 @@ def test_a_step_cannot_reach_the_key_holders_memory_environment_key_or_chain(
            }
     probe = PROBE.replace("$KEYFILE", str(key)).replace("$PASSPHRASE", passphrase[:-1] + "[3]")
     # the probe runs as the outer step and again as a nested one, both against the key holder
-    script = "HOLDER=$PPID; export HOLDER\n" + probe + f'asl-capture --step nested -- sh -c \'{probe.replace(chr(39), "")}\' > "{work}/nested.out"\n'
+    nested = probe.replace(chr(39), "")
+    script = (f"HOLDER=$PPID; export HOLDER\n{probe}"
+              f"asl-capture --step nested -- sh -c '{nested}' > \"{work}/nested.out\"\n")
     result = cli("asl-capture", "--step", "outer", "--writable", work, "--", "sh", "-c", script, env=env, cwd=work)
     assert result.returncode == 0, result.stderr
     for seen in (_lines(result.stdout), _lines((work / "nested.out").read_bytes())):
