@@ -45,7 +45,7 @@ def cli_env(tmp_path: Path, keypair: KeyPair) -> dict[str, str]:
     env["ASL_CAPTURE_DIR"] = str(tmp_path / "prov")
     # pytest's tmp_path sits below a mode-0700 directory no build user can reach: these tests keep the
     # command as root; tests/integration/test_steps_unprivileged.py tests the build user.
-    env["ASL_CAPTURE_USER"] = "root"
+    env.update(AS_ROOT)
     return env
 
 
@@ -78,6 +78,10 @@ def cli(tool: str, *args: str | os.PathLike[str], env: dict[str, str], cwd: Path
     argv: Sequence[str | os.PathLike[str]] = [sys.executable, "-m", module, *args]
     return subprocess.run(argv, env=env, cwd=cwd, input=stdin, capture_output=True, timeout=timeout, check=False)
 
+
+#: For tests whose steps run in pytest's tmp_path (below a mode-0700 directory no build user can
+#: reach): the command stays root, as with --as-root. The build user is tested on its own.
+AS_ROOT = {"ASL_CAPTURE_USER": "root"}
 
 NOBODY = 65534
 DEBIAN_PYTHON = Path("/usr/bin/python3")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asl_capture.keys import generate
+from tests.conftest import AS_ROOT
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = ("mksquashfs", "xorriso", "unsquashfs")
@@ -61,7 +62,7 @@ def mini_build(base: Path, *, version: str = "1.0.0", ephemeral: bool = True,
     iso_name = f"mini-{version}.iso"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASL_")}
     env.update({"PY": sys.executable, "VERSION": version, "ISO": iso_name, "XDG_CONFIG_HOME": str(base / "xdg"),
-                "ASL_CAPTURE_DIR": str(repo / "out" / "provenance"), "PYTHONPATH": str(REPO)})
+                "ASL_CAPTURE_DIR": str(repo / "out" / "provenance"), "PYTHONPATH": str(REPO), **AS_ROOT})
     argv = [sys.executable, "-m", "asl_capture.cli.capture", "--step", "build"]
     key = trust = None
     if ephemeral:

@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from asl_capture import chain
 from asl_capture.cli.verify import cli as verify_cli
 from asl_capture.keys import generate
-from tests.conftest import KeyPair, cli
+from tests.conftest import AS_ROOT, KeyPair, cli
 from tests.integration.records import assert_one_line_error, read_records
 
 
@@ -32,7 +32,8 @@ class Chain:
 def _small_env(tmp: Path, key: Path, prov: Path) -> dict[str, str]:
     """A minimal environment, so records stay small and the every-byte test stays fast."""
     return {"PATH": os.environ["PATH"], "HOME": str(tmp), "XDG_CONFIG_HOME": str(tmp / "xdg"),
-            "ASL_CAPTURE_KEY": str(key), "ASL_CAPTURE_DIR": str(prov), "PY": sys.executable, "LANG": "C.UTF-8"}
+            "ASL_CAPTURE_KEY": str(key), "ASL_CAPTURE_DIR": str(prov), "PY": sys.executable, "LANG": "C.UTF-8",
+            **AS_ROOT}
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from asl_capture.audit.recorded import Recorded
 from asl_capture.errors import VerificationError
 from asl_capture.keys import load_trust
 from asl_capture.verify import verify_chain
-from tests.conftest import KeyPair
+from tests.conftest import AS_ROOT, KeyPair
 
 
 def test_literal_path_patterns_outside_the_roots_excluded_nothing() -> None:
@@ -28,7 +28,7 @@ def _session(work: Path, keypair: KeyPair, script: str) -> Recorded:
     """An outer capture of ``script`` (which runs nested captures) in ``work``; the verified chain."""
     prov = work.parent / "prov"
     capture = f"{sys.executable} -m asl_capture.cli.capture"
-    env = {"PATH": "/usr/bin:/bin", "ASL_CAPTURE_DIR": str(prov), "ASL_CAPTURE_KEY": str(keypair.key),
+    env = {"PATH": "/usr/bin:/bin", "ASL_CAPTURE_DIR": str(prov), "ASL_CAPTURE_KEY": str(keypair.key), **AS_ROOT,
            "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "CAP": capture}
     done = subprocess.run([*capture.split(), "--", "sh", "-c", script], cwd=work, env=env, capture_output=True)
     assert done.returncode == 0, done.stderr

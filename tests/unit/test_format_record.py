@@ -13,7 +13,7 @@ import pytest
 
 from asl_capture import dcbor
 from asl_capture.errors import CborError, FormatError
-from asl_capture.format import RECORD_VERSION, STATUSES, Attachment, Host, Source, StepRecord, Vcs
+from asl_capture.format import RECORD_VERSION, STATUSES, Attachment, Host, RunAs, Source, StepRecord, Vcs
 from tests.unit.bodies import digest, full_body, full_record
 
 FieldPath = tuple[str | int, ...]
@@ -43,6 +43,7 @@ def optional_body() -> dict[str, dcbor.Value]:
         "cwd": b"/non-utf8-\xff", "argv": ["tool", b"\xff"], "ephemeral_key": b"E" * 32,
         "attached": [{"path": "out/InRelease", "digest": digest("inrelease"), "size": 12}],
         "env_bytes": [[b"N\xff", None], [b"P\xfe", b"v\xff"]],
+        "user": {"uid": 999, "gid": 995, "name": "asl-build"},
     })
     return body
 
@@ -70,6 +71,7 @@ def test_optional_fields_typed_and_round_trip() -> None:
     assert record.ephemeral_key == b"E" * 32
     assert record.attached == (Attachment(path="out/InRelease", digest=digest("inrelease"), size=12),)
     assert record.env_bytes == ((b"N\xff", None), (b"P\xfe", b"v\xff"))
+    assert record.user == RunAs(uid=999, gid=995, name="asl-build")
     assert set(body) == {"v"} | set(StepRecord.FIELDS)
 
 
