@@ -157,10 +157,7 @@ def make_launcher(directory: Path, user: BuildUser, *, interpreter: str, package
     """
     import shutil
 
-    python = interpreter if reachable(interpreter, user, need=5) else "/usr/bin/python3"
-    if not reachable(python, user, need=5):
-        raise UsageError(f"the build user {user.name} can run neither {interpreter} nor /usr/bin/python3, so the "
-                         f"captures nested in the command cannot start; use --as-root or install python3")
+    python = _interpreter(interpreter, user)
     lib = package_parent
     try:
         if not reachable(os.path.join(package_parent, "asl_capture", "__init__.py"), user, need=4):
@@ -175,13 +172,90 @@ def make_launcher(directory: Path, user: BuildUser, *, interpreter: str, package
         bin_dir = directory / "bin"
         bin_dir.mkdir(mode=0o755)
         script = bin_dir / "asl-capture"
-        quote = "'\\''"
-        script.write_text(
-            "#!/bin/sh\n# asl-capture for the steps of this build (written by the capture that runs them)\n"
-            f"PYTHONPATH='{lib.replace(chr(39), quote)}'${{PYTHONPATH:+:$PYTHONPATH}} "
-            f"exec '{python.replace(chr(39), quote)}' -m asl_capture.cli.capture \"$@\"\n", encoding="utf-8")
+        script.write_text(_script(python, lib), encoding="utf-8")
         os.chmod(script, 0o755)  # noqa: S103 - a launcher every step may run
         os.chmod(directory, 0o755)  # noqa: S103
     except OSError as exc:
         raise UsageError(f"{directory}: cannot write the build user's asl-capture launcher: {exc.strerror}") from None
     return bin_dir
+
+
+def _interpreter(interpreter: str, user: BuildUser) -> str:
+    """``interpreter`` when ``user`` can run it, else Debian's ``/usr/bin/python3``.
+
+    Raises:
+        UsageError: the user can run neither.
+    """
+    python = interpreter if reachable(interpreter, user, need=5) else "/usr/bin/python3"
+    if not reachable(python, user, need=5):
+        raise UsageError(f"the build user {user.name} can run neither {interpreter} nor /usr/bin/python3, so the "
+                         f"captures nested in the command cannot start; use --as-root or install python3")
+    return python
+
+
+def _script(python: str, lib: str) -> str:
+    quote = "'\\''"
+    return ("#!/bin/sh\n# asl-capture for the steps of a build (written by the capture that runs them)\n"
+            f"PYTHONPATH='{lib.replace(chr(39), quote)}'${{PYTHONPATH:+:$PYTHONPATH}} "
+            f"exec '{python.replace(chr(39), quote)}' -m asl_capture.cli.capture \"$@\"\n")
+
+
+#: Where launchers that need no copy of the package are kept between captures (root's, 0755).
+KEPT = Path("/run/asl-capture")
+
+
+def kept_launcher(user: BuildUser, *, interpreter: str, package_parent: str) -> Path | None:
+    """The kept launcher directory for this interpreter, package and user (made on first use), or
+    None when the package must be copied or ``/run`` cannot hold it. A kept launcher is used only
+    when it and its directories are root's, not writable by others, and say exactly what they should.
+    """
+    import hashlib
+
+    if os.geteuid() != 0 or not reachable(os.path.join(package_parent, "asl_capture", "__init__.py"), user, need=4):
+        return None
+    python = _interpreter(interpreter, user)
+    text = _script(python, package_parent)
+    name = hashlib.sha256(f"{user.uid}:{user.gid}\0{text}".encode("utf-8", "surrogateescape")).hexdigest()[:24]
+    directory = KEPT / name
+    script = directory / "bin" / "asl-capture"
+    try:
+        if _safe(KEPT) and _safe(directory) and _safe(script.parent) and _safe(script, text=text):
+            return directory
+        os.makedirs(KEPT, 0o755, exist_ok=True)
+        if not _safe(KEPT):
+            return None
+        import shutil
+        import tempfile
+
+        fresh = Path(tempfile.mkdtemp(prefix=".new-", dir=KEPT))
+        try:
+            make_launcher(fresh, user, interpreter=interpreter, package_parent=package_parent)
+            os.rename(fresh, directory)
+        except OSError:
+            shutil.rmtree(fresh, ignore_errors=True)
+            if _safe(directory) and _safe(script.parent) and _safe(script, text=text):  # another capture won
+                return directory
+            return None
+        except UsageError:
+            shutil.rmtree(fresh, ignore_errors=True)
+            raise
+    except OSError:
+        return None
+    return directory
+
+
+def _safe(path: Path, *, text: str | None = None) -> bool:
+    """Root's, not a symlink, writable by root only; a file saying exactly ``text`` when given."""
+    try:
+        st = os.lstat(path)
+        if st.st_uid != 0 or st.st_mode & 0o022 or (os.path.islink(path)):
+            return False
+        if text is None:
+            return os.path.isdir(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            return os.read(fd, len(text) + 1) == text.encode("utf-8", "surrogateescape")
+        finally:
+            os.close(fd)
+    except OSError:
+        return False

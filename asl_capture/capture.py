@@ -288,8 +288,9 @@ def _run_and_record(
     launcher: Path | None = None
     try:
         if user is not None:
-            launcher = _launcher(user)
-            child_env["PATH"] = f"{launcher / 'bin'}:{child_env.get('PATH', os.defpath)}"
+            directory, own = _launcher(user)
+            launcher = directory if own else None
+            child_env["PATH"] = f"{directory / 'bin'}:{child_env.get('PATH', os.defpath)}"
         if agent is not None:
             child_env[ENV_AGENT] = agent.start()
         try:
@@ -312,20 +313,26 @@ def _run_and_record(
             shutil.rmtree(launcher, ignore_errors=True)
 
 
-def _launcher(user: BuildUser) -> Path:
-    """A fresh directory holding ``bin/asl-capture`` for the build user (see :func:`builduser.make_launcher`).
+def _launcher(user: BuildUser) -> tuple[Path, bool]:
+    """A directory holding ``bin/asl-capture`` for the build user (see :func:`builduser.make_launcher`)
+    and whether it is this capture's own (to be removed after): one kept in root's ``/run`` and
+    checked before each use serves every capture that needs no copy of the package.
 
     Raises:
         UsageError: it cannot be made.
     """
     import sys
+
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    kept = builduser.kept_launcher(user, interpreter=sys.executable, package_parent=package_parent)
+    if kept is not None:
+        return kept, False
     import tempfile
 
     try:
         directory = Path(tempfile.mkdtemp(prefix="asl-launch-"))
     except OSError as exc:
         raise UsageError(f"cannot create the build user's launcher directory: {exc.strerror}") from None
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         builduser.make_launcher(directory, user, interpreter=sys.executable, package_parent=package_parent)
     except BaseException:
@@ -333,7 +340,7 @@ def _launcher(user: BuildUser) -> Path:
 
         shutil.rmtree(directory, ignore_errors=True)
         raise
-    return directory
+    return directory, True
 
 
 def _runas(user: BuildUser | None) -> RunAs:
