@@ -14,10 +14,10 @@ import stat
 from collections.abc import Callable, Mapping
 from dataclasses import field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from asl_capture import builduser, envpolicy, gcpause, projectconfig, safeio
+from asl_capture import envpolicy, gcpause, projectconfig, safeio
 from asl_capture.agent import ENV_AGENT, AgentClient, Peer, SigningAgent, connect
-from asl_capture.builduser import BuildUser
 from asl_capture.context import host_info, read_sources, vcs_info
 from asl_capture.errors import AslError, CaptureError, CheckpointError, RecordWriteError, UsageError
 from asl_capture.format import Attachment, Inputs, Log, Manifest, Outputs, RunAs, Source, StepRecord, Vcs, diff
@@ -28,9 +28,11 @@ from asl_capture.keys import ENV_KEY, ENV_PASSPHRASE_FILE, PASSPHRASE_ENV, Signe
 from asl_capture.manifest import Excluder, label_for, snapshot
 from asl_capture.projectconfig import ProjectConfig
 from asl_capture.runner import RunResult, StoredLog, release_signals, run
-from asl_capture.spool import SpoolStore
 from asl_capture.statcache import StatCache
 from asl_capture.store import ObjectStore, ProvenanceDir, Store
+
+if TYPE_CHECKING:
+    from asl_capture.builduser import BuildUser
 
 ENV_DIR = "ASL_CAPTURE_DIR"
 ENV_PARENT = "ASL_CAPTURE_PARENT"
@@ -139,6 +141,8 @@ def resolve_user(config: CaptureConfig, *, nested: bool) -> BuildUser | None:
         return None
     if config.as_root:
         return None
+    from asl_capture import builduser
+
     if config.user is not None:
         return builduser.resolve(config.user)
     name = config.environ.get(ENV_USER) or builduser.DEFAULT_USER
@@ -211,12 +215,16 @@ def _capture(config: CaptureConfig, notify: Callable[[str], None]) -> CaptureOut
     nested = isinstance(signer, AgentClient)
     user = resolve_user(config, nested=nested)
     keeper: ChainKeeper | None = None
+    spool = None
     if isinstance(signer, AgentClient):
         if os.path.realpath(signer.provenance) != os.path.realpath(prov_path):
             raise UsageError(f"a nested capture signs only for the enclosing build's chain ({signer.provenance}), "
                              f"not {prov_path}; pass --key to sign another chain with a key of its own")
+        from asl_capture.spool import SpoolStore
+
         prov = ProvenanceDir(prov_path)  # the key holder's: this capture never writes it
-        store: Store = SpoolStore(signer, prov)
+        spool = SpoolStore(signer, prov)
+        store: Store = spool
         cache_path = _nested_cache(prov, config.environ)
     else:
         prov = ProvenanceDir.create(prov_path)
@@ -229,8 +237,8 @@ def _capture(config: CaptureConfig, notify: Callable[[str], None]) -> CaptureOut
     finally:
         if keeper is not None:
             keeper.close()
-        if isinstance(store, SpoolStore):
-            store.close()
+        if spool is not None:
+            spool.close()
 
 
 def _run_and_record(
@@ -273,6 +281,8 @@ def _run_and_record(
                      parent=parent, environ=environ, runas=runas)
     _check_encodable(config, before)
     if user is not None:
+        from asl_capture import builduser
+
         for directory in (*project.writable, *config.writable):
             builduser.grant(_abs(directory, cwd), user)
     if isinstance(signer, AgentClient):
@@ -322,6 +332,8 @@ def _launcher(user: BuildUser) -> tuple[Path, bool]:
         UsageError: it cannot be made.
     """
     import sys
+
+    from asl_capture import builduser
 
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     kept = builduser.kept_launcher(user, interpreter=sys.executable, package_parent=package_parent)

@@ -69,6 +69,7 @@ class ChainKeeper:
         self._seen: set[bytes] = set()
         self._running: dict[bytes, bytes | None] = {}
         self._notes: list[str] = []
+        self._stamps: tuple[tuple[int, ...] | None, ...] = ()
         self.own_id = self._new_id(parent=None)
 
     @classmethod
@@ -174,7 +175,7 @@ class ChainKeeper:
             ChainError, CheckpointError, FormatError: as :func:`asl_capture.chain.append_at`.
         """
         with self._mutex:
-            self._check()
+            self._check(full=True)
             draft = build(tuple(self._notes + self._unfinished_note()))
             if draft.id != self.own_id:
                 raise ChainError("the key holder's record must carry its own run id")
@@ -186,7 +187,7 @@ class ChainKeeper:
         """Compare the chain and checkpoint on disk with the copy; restore them if they differ.
         Return every note so far."""
         with self._mutex:
-            self._check()
+            self._check(full=True)
             return tuple(self._notes)
 
     # --- the chain -------------------------------------------------------------------------------------
@@ -208,10 +209,35 @@ class ChainKeeper:
                 os.close(fd)
         self._expected += item.raw
         self._head = chain.head_after(item)
+        self._stamps = ()
         self._checkpoint = chain.write_checkpoint(self.prov, self._signer, record, item)
+        self._stamps = self._stamp()
         return record, item
 
-    def _check(self) -> None:
+    def _stamp(self) -> tuple[tuple[int, ...] | None, ...]:
+        """What the kernel says of the two files (inode, size, mtime, ctime): a write to either, a
+        rename or a new file over it changes it; only root setting the clock could put it back."""
+        stamps: list[tuple[int, ...] | None] = []
+        for path in (self.prov.chain, self.prov.checkpoint):
+            try:
+                st = os.lstat(path)
+            except OSError:
+                stamps.append(None)
+                continue
+            stamps.append((st.st_dev, st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        return tuple(stamps)
+
+    def _check(self, *, full: bool = False) -> None:
+        """Compare the files with the copy (restoring them if they differ). Before a nested append,
+        files whose kernel stamp has not moved since the last comparison or write are taken as
+        unchanged, so a long chain is not re-read for every step; ``full`` (the end of the build)
+        always compares every byte."""
+        if not full and self._stamps and self._stamp() == self._stamps:
+            return
+        self._compare()
+        self._stamps = self._stamp()
+
+    def _compare(self) -> None:
         expected = bytes(self._expected)
         chain_state = self._state(_CHAIN, expected, len(expected))
         checkpoint_state = self._state(_CHECKPOINT, self._checkpoint, chain.CHECKPOINT_LIMIT)
