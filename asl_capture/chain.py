@@ -281,27 +281,6 @@ def read_checkpoint(prov: ProvenanceDir) -> bytes:
     return safeio.read_regular(prov.checkpoint, limit=CHECKPOINT_LIMIT, what="checkpoint")
 
 
-def write_checkpoint(prov: ProvenanceDir, signer: MessageSigner, record: StepRecord, item: Item) -> bytes:
-    """Replace ``checkpoint.cose`` with a signed :class:`Checkpoint` of the chain's newest record;
-    return the bytes written.
-
-    The chain alone cannot show that records were cut from its end; the checkpoint can, unless an
-    older checkpoint is put back too (the signed release manifest anchors that case).
-
-    Raises:
-        CheckpointError: the checkpoint cannot be written (the record itself is already durable,
-            and the previous checkpoint is left in place).
-    """
-    payload = Checkpoint(chain=record.chain, seq=record.seq, digest=item.digest).to_cbor()
-    data = signer.sign_message(payload, content_type=CHECKPOINT_CONTENT_TYPE)
-    try:
-        safeio.replace_atomically(prov.checkpoint, data)
-    except OSError as exc:
-        raise CheckpointError(f"record seq {record.seq} was appended, but {prov.checkpoint} could not be updated: "
-                              f"{exc.strerror} (the previous checkpoint still holds)", seq=record.seq) from None
-    return data
-
-
 def head_of(prov: ProvenanceDir, fd: int) -> Head:
     """The head of the chain open as ``fd`` (the head cache when it is consistent, else a scan).
 
@@ -405,8 +384,9 @@ def append(
         fd = open_for_append(prov)
         try:
             head = head_of(prov, fd)
-            record, item = append_at(prov, fd, head, signer, build(head), new_chain_id=new_chain_id)
-            write_checkpoint(prov, signer, record, item)
+            record, item, checkpoint = append_at(prov, fd, head, signer, build(head), new_chain_id=new_chain_id)
+            if checkpoint is None:
+                raise checkpoint_failed(prov, record)
             return record, item
         finally:
             os.close(fd)
@@ -415,31 +395,66 @@ def append(
 def append_at(
     prov: ProvenanceDir, fd: int, head: Head, signer: MessageSigner, draft: StepRecord, *,
     new_chain_id: Callable[[], bytes],
-) -> tuple[StepRecord, Item]:
-    """Place ``draft`` after ``head``, sign it, write it to the chain open as ``fd`` (``O_APPEND``,
-    the caller holding the lock and vouching that ``head`` is where the chain ends), then the head
-    cache (the caller writes the checkpoint: :func:`write_checkpoint`). A write that fails part-way
-    is cut back to ``head.end``.
+) -> tuple[StepRecord, Item, bytes | None]:
+    """Place ``draft`` after ``head``, sign it and its checkpoint, and write both: the chain is open
+    as ``fd`` (``O_APPEND``), the caller holding the lock and vouching that ``head`` is where it ends.
+
+    The checkpoint is written to a temporary file and fsynced *before* the record is appended, then
+    renamed into place: a full disk stops the append with the chain unchanged, never leaves a record
+    without the checkpoint that vouches for it. Returns the record, its item and the checkpoint's
+    bytes, or None when only the final rename failed (the record is durable, the previous checkpoint
+    still holds: the caller reports it).
 
     Raises:
         FormatError: the record breaks the format; nothing is written.
-        ChainError: the record cannot be written (the chain is left as it was).
+        ChainError: nothing could be written (the chain is left as it was).
     """
     record = draft.linked(chain=head.chain if head.chain is not None else new_chain_id(),
                           seq=head.next_seq, prev=head.prev)
     payload = record.to_cbor()
     StepRecord.from_cbor(payload)  # never sign what a verifier would reject
     raw = signer.sign_message(payload, content_type=STEP_CONTENT_TYPE)
-    try:
-        safeio.write_all(fd, raw)
-        os.fsync(fd)
-    except OSError as exc:
-        _cut_back(fd, head.end)
-        message = f"{prov.chain}: cannot append record: {exc.strerror}; the chain is unchanged"
-        raise ChainError(message) from None
     item = Item(head.end, raw)
+    checkpoint = signer.sign_message(Checkpoint(chain=record.chain, seq=record.seq, digest=item.digest).to_cbor(),
+                                     content_type=CHECKPOINT_CONTENT_TYPE)
+    try:
+        tmp_fd, tmp = safeio.new_temp(prov.root, f".{prov.checkpoint.name}.")
+    except OSError as exc:
+        raise ChainError(f"{prov.checkpoint}: cannot prepare the checkpoint: {exc.strerror}; the chain is "
+                         f"unchanged") from None
+    try:
+        try:
+            try:
+                safeio.write_all(tmp_fd, checkpoint)
+                os.fchmod(tmp_fd, 0o644)
+                os.fsync(tmp_fd)
+            finally:
+                os.close(tmp_fd)
+        except OSError as exc:
+            raise ChainError(f"{prov.checkpoint}: cannot prepare the checkpoint: {exc.strerror}; the chain is "
+                             f"unchanged") from None
+        try:
+            safeio.write_all(fd, raw)
+            os.fsync(fd)
+        except OSError as exc:
+            _cut_back(fd, head.end)
+            raise ChainError(f"{prov.chain}: cannot append record: {exc.strerror}; the chain is unchanged") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _write_head(prov, item)
-    return record, item
+    try:
+        os.replace(tmp, prov.checkpoint)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return record, item, None
+    return record, item, checkpoint
+
+
+def checkpoint_failed(prov: ProvenanceDir, record: StepRecord) -> CheckpointError:
+    """The error for a record appended whose checkpoint could not be put in place."""
+    return CheckpointError(f"record seq {record.seq} was appended, but {prov.checkpoint} could not be updated "
+                           f"(the previous checkpoint still holds)", seq=record.seq)
 
 
 def _cut_back(fd: int, end: int) -> None:

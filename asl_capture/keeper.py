@@ -202,15 +202,17 @@ class ChainKeeper:
                 fd = -1
                 self._check()
                 fd = chain.open_for_append(self.prov)
-            record, item = chain.append_at(self.prov, fd, self._head, self._signer, draft,
-                                           new_chain_id=lambda: secrets.token_bytes(16))
+            record, item, checkpoint = chain.append_at(self.prov, fd, self._head, self._signer, draft,
+                                                       new_chain_id=lambda: secrets.token_bytes(16))
         finally:
             if fd >= 0:
                 os.close(fd)
         self._expected += item.raw
         self._head = chain.head_after(item)
-        self._stamps = ()
-        self._checkpoint = chain.write_checkpoint(self.prov, self._signer, record, item)
+        self._stamps = self._stamp()
+        if checkpoint is None:  # the record is durable; the checkpoint on disk is still the previous one
+            raise chain.checkpoint_failed(self.prov, record)
+        self._checkpoint = checkpoint
         self._stamps = self._stamp()
         return record, item
 

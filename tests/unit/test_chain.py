@@ -455,23 +455,50 @@ def test_a_checkpoint_that_cannot_be_written_says_the_record_was_appended(
     """Issue 13 item 10: a full disk while writing the checkpoint reported the record as not appended."""
     import errno
 
-    from asl_capture import safeio
     from asl_capture.errors import CheckpointError
 
     append_n(prov, signer, 1)
     older = prov.checkpoint.read_bytes()
-    real = safeio.replace_atomically
+    real = os.replace
 
-    def full(target: Path, data: bytes, **kwargs: object) -> None:
-        if target == prov.checkpoint:
+    def full(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+        if Path(target) == prov.checkpoint:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real(target, data, **kwargs)  # type: ignore[arg-type]
+        real(source, target)
 
-    monkeypatch.setattr(safeio, "replace_atomically", full)
+    monkeypatch.setattr(os, "replace", full)
     with pytest.raises(CheckpointError, match="record seq 1 was appended") as info:
         chain.append(prov, signer, builder("s1", run=1), new_chain_id=Ids())
+    monkeypatch.undo()
     assert info.value.seq == 1
     assert len(chain.read(prov.chain).items) == 2 and prov.checkpoint.read_bytes() == older
+    assert not list(prov.root.glob(".checkpoint.cose.*"))
+
+
+def test_no_record_is_appended_without_its_checkpoint(prov: ProvenanceDir, signer: Signer,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk when the checkpoint is written stops the append: the checkpoint is written (to a
+    temporary file) before the record, so a record never lands without the checkpoint vouching for it."""
+    import errno
+
+    from asl_capture import safeio
+
+    append_n(prov, signer, 1)
+    before, older = prov.chain.read_bytes(), prov.checkpoint.read_bytes()
+    real = safeio.write_all
+    chain_inode = prov.chain.stat().st_ino
+
+    def full(fd: int, data: bytes) -> None:
+        if os.fstat(fd).st_ino != chain_inode:  # the checkpoint's temporary file
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd, data)
+
+    monkeypatch.setattr(safeio, "write_all", full)
+    with pytest.raises(ChainError, match=r"cannot prepare the checkpoint.*the chain is unchanged"):
+        chain.append(prov, signer, builder("s1", run=1), new_chain_id=Ids())
+    monkeypatch.undo()
+    assert prov.chain.read_bytes() == before and prov.checkpoint.read_bytes() == older
+    assert not list(prov.root.glob(".checkpoint.cose.*"))
 
 
 def test_a_failed_append_is_cut_back(prov: ProvenanceDir, signer: Signer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -482,14 +509,20 @@ def test_a_failed_append_is_cut_back(prov: ProvenanceDir, signer: Signer, monkey
 
     append_n(prov, signer, 1)
     before = prov.chain.read_bytes()
+    real = safeio.write_all
+    chain_inode = prov.chain.stat().st_ino
 
     def full(fd: int, data: bytes) -> None:
+        if os.fstat(fd).st_ino != chain_inode:  # the checkpoint's temporary file: written whole
+            real(fd, data)
+            return
         os.write(fd, data[: len(data) // 2])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(safeio, "write_all", full)
-    with pytest.raises(ChainError, match="the chain is unchanged"):
+    with pytest.raises(ChainError, match=r"cannot append record.*the chain is unchanged"):
         chain.append(prov, signer, builder("s1", run=1), new_chain_id=Ids())
     monkeypatch.undo()
     assert prov.chain.read_bytes() == before
     assert chain.check_appendable(prov).next_seq == 1
+    assert not list(prov.root.glob(".checkpoint.cose.*"))
