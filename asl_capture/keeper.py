@@ -213,7 +213,6 @@ class ChainKeeper:
         if checkpoint is None:  # the record is durable; the checkpoint on disk is still the previous one
             raise chain.checkpoint_failed(self.prov, record)
         self._checkpoint = checkpoint
-        self._stamps = self._stamp()
         return record, item
 
     def _stamp(self) -> tuple[tuple[int, ...] | None, ...]:
