@@ -418,7 +418,7 @@ def append_at(
     checkpoint = signer.sign_message(Checkpoint(chain=record.chain, seq=record.seq, digest=item.digest).to_cbor(),
                                      content_type=CHECKPOINT_CONTENT_TYPE)
     try:
-        tmp_fd, tmp = safeio.new_temp(prov.root, f".{prov.checkpoint.name}.")
+        tmp_fd, tmp = safeio.new_temp(prov.root, PENDING_PREFIX)
     except OSError as exc:
         raise ChainError(f"{prov.checkpoint}: cannot prepare the checkpoint: {exc.strerror}; the chain is "
                          f"unchanged") from None
@@ -449,6 +449,55 @@ def append_at(
         tmp.unlink(missing_ok=True)
         return record, item, None
     return record, item, checkpoint
+
+
+#: The temporary name a checkpoint is written under before the record it vouches for is appended.
+PENDING_PREFIX = ".checkpoint.cose."
+
+
+def pending_checkpoints(prov: ProvenanceDir) -> list[Path]:
+    """Checkpoints an interrupted append left in temporary files (a crash between the record and the
+    rename that puts its checkpoint in place)."""
+    try:
+        return sorted(p for p in prov.root.iterdir() if p.name.startswith(PENDING_PREFIX))
+    except OSError:
+        return []
+
+
+def complete_interrupted(prov: ProvenanceDir, head: Head) -> bool:
+    """Under the lock: put in place the checkpoint an interrupted append signed for the chain's last
+    record, when ``checkpoint.cose`` does not vouch for it already; remove the other pending ones.
+    Returns whether one was put in place. Nothing is signed here.
+
+    Raises:
+        ChainError: the rename fails.
+    """
+    adopted = False
+    for path in pending_checkpoints(prov):
+        if not adopted and head.chain is not None and _vouches(path, head) and not _vouches(prov.checkpoint, head):
+            try:
+                os.replace(path, prov.checkpoint)
+            except OSError as exc:
+                raise ChainError(f"{path}: cannot put the interrupted append's checkpoint in place: "
+                                 f"{exc.strerror}") from None
+            adopted = True
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+    return adopted
+
+
+def _vouches(path: Path, head: Head) -> bool:
+    """Whether ``path`` holds a checkpoint naming exactly ``head``'s last record (unverified: the
+    reader verifies; this only decides which file to keep)."""
+    try:
+        msg = cose.parse(dcbor.decode(safeio.read_regular(path, limit=CHECKPOINT_LIMIT, what="checkpoint"),
+                                      tags=cose.COSE_TAGS))
+        checkpoint = Checkpoint.from_cbor(msg.payload)
+    except (OSError, AslError):
+        return False
+    return (msg.content_type == CHECKPOINT_CONTENT_TYPE and checkpoint.chain == head.chain
+            and checkpoint.seq == head.next_seq - 1 and checkpoint.digest == head.prev)
 
 
 def checkpoint_failed(prov: ProvenanceDir, record: StepRecord) -> CheckpointError:
@@ -517,6 +566,8 @@ def repair(prov: ProvenanceDir, *, kid: bytes | None = None) -> RepairResult:
                     f"complete when it was written, so this is damage or tampering, not a crash; repair refuses "
                     f"to remove it")
             if scan.torn is None:
+                if scan.items:
+                    complete_interrupted(prov, head_after(scan.items[-1]))
                 return RepairResult(removed=0, offset=size, records=len(scan.items), saved=None)
             offset, length = scan.torn
             try:

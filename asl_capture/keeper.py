@@ -94,6 +94,7 @@ class ChainKeeper:
             fd = chain.open_for_append(prov)
             try:
                 head = chain.head_of(prov, fd)
+                chain.complete_interrupted(prov, head)  # a crash between a record and its checkpoint
                 base = os.pread(fd, head.end, 0) if head.end else b""
             finally:
                 os.close(fd)

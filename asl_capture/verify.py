@@ -167,7 +167,9 @@ def _check_checkpoint(
     try:
         raw = chain.read_checkpoint(prov)
     except FileNotFoundError:
-        raise fail("no signed checkpoint: records cut from the end of the chain could not be detected") from None
+        hint = ("; an interrupted append left its signed checkpoint in a temporary file: run 'asl-chain repair'"
+                if chain.pending_checkpoints(prov) else "")
+        raise fail(f"no signed checkpoint: records cut from the end of the chain could not be detected{hint}") from None
     except OSError as exc:
         raise fail(f"cannot be read: {safeio.describe(exc)}") from None
     try:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from asl_capture import chain, cose, dcbor
 from asl_capture.chain import Head, Item
-from asl_capture.errors import AslError, ChainError, TornTailError, TruncatedCbor
+from asl_capture.errors import AslError, ChainError, TornTailError, TruncatedCbor, VerificationError
 from asl_capture.format import StepRecord
 from asl_capture.keys import Signer, generate, load_public, load_signer
 from asl_capture.store import ProvenanceDir
@@ -526,3 +526,30 @@ def test_a_failed_append_is_cut_back(prov: ProvenanceDir, signer: Signer, monkey
     assert prov.chain.read_bytes() == before
     assert chain.check_appendable(prov).next_seq == 1
     assert not list(prov.root.glob(".checkpoint.cose.*"))
+
+
+def test_a_crash_between_a_record_and_its_checkpoint_is_completed(prov: ProvenanceDir, signer: Signer) -> None:
+    """kill -9 after the record was appended, before its checkpoint was renamed into place: the
+    signed checkpoint waits in a temporary file; repair (or the next capture) puts it in place."""
+    from asl_capture.keeper import ChainKeeper
+    from asl_capture.verify import verify_chain
+
+    append_n(prov, signer, 1)
+    pending = prov.root / f"{chain.PENDING_PREFIX}crash"
+    os.rename(prov.checkpoint, pending)  # the state the crash leaves
+    stale = prov.root / f"{chain.PENDING_PREFIX}stale"
+    stale.write_bytes(b"not a checkpoint")
+    keys = {signer.kid: signer.private_key.public_key()}
+    with pytest.raises(VerificationError, match="run 'asl-chain repair'"):
+        verify_chain(prov.root, keys)
+
+    def linkage_holds() -> bool:  # these records name no stored objects: check 5 is the first to fail
+        with pytest.raises(VerificationError) as info:
+            verify_chain(prov.root, keys)
+        return info.value.check == "objects"
+
+    assert chain.repair(prov).removed == 0
+    assert linkage_holds() and chain.pending_checkpoints(prov) == []
+    os.rename(prov.checkpoint, pending)  # again; now the next capture's key holder completes it
+    ChainKeeper.open(prov, signer).close()
+    assert linkage_holds() and chain.pending_checkpoints(prov) == []
