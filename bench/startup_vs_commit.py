@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import compileall
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -33,13 +34,16 @@ from common import summary
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _time(argv: list[str], *, env: dict[str, str], cwd: Path) -> float:
+def _time(argv: list[str], *, env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """Wall time, and the CPU time (user + system) of the process and its children."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, check=False)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.decode(errors='replace')}")
-    return elapsed
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -74,6 +78,7 @@ def main() -> None:
             variants["capture new --as-root"] = ([sys.executable, "-m", "asl_capture.cli.capture", "--as-root", "--",
                                                   "true"], new_env)
         times: dict[str, list[float]] = {name: [] for name in variants}
+        cpu: dict[str, list[float]] = {name: [] for name in variants}
         names = list(variants)
         for _ in range(2):  # warm-up: page cache, the build user created, bytecode
             for name in names:
@@ -81,11 +86,19 @@ def main() -> None:
         for i in range(args.rounds):
             for name in names[i % len(names):] + names[:i % len(names)]:
                 argv, env = variants[name]
-                times[name].append(_time(argv, env=env, cwd=work))
+                wall, used = _time(argv, env=env, cwd=work)
+                times[name].append(wall)
+                cpu[name].append(used)
         print(f"base {args.base}; rounds {args.rounds}; uid {os.geteuid()}; cores {os.cpu_count()}")
         for name in names:
             print(summary(name, [t * 1000 for t in times[name]], digits=1) + "  ms")
+        for name in names:
+            print(summary(f"{name} (CPU)", [t * 1000 for t in cpu[name]], digits=1) + "  ms")
         med = {name: statistics.median(values) for name, values in times.items()}
+        cmed = {name: statistics.median(values) for name, values in cpu.items()}
+        print(f"CPU ratio capture new/old: {cmed['capture new'] / cmed['capture old']:.3f}; "
+              f"--as-root/old: {cmed.get('capture new --as-root', 0.0) / cmed['capture old']:.3f}; "
+              f"verify new/old: {cmed['verify new'] / cmed['verify old']:.3f}")
         print(f"ratio capture new/old (medians): {med['capture new'] / med['capture old']:.3f}  (target <= 1.05)")
         if "capture new --as-root" in med:
             print(f"ratio capture new --as-root/old: {med['capture new --as-root'] / med['capture old']:.3f}")
