@@ -283,6 +283,10 @@ def _run_and_record(
     if user is not None:
         from asl_capture import builduser
 
+        if not builduser.reachable(str(cwd), user, need=1):
+            raise UsageError(f"{cwd}: the build user {user.name} the command runs as cannot enter the working "
+                             f"directory (a directory above it is private); build in a directory it can reach, "
+                             f"or pass --as-root; the command was not run")
         for directory in (*project.writable, *config.writable):
             builduser.grant(_abs(directory, cwd), user)
     if isinstance(signer, AgentClient):

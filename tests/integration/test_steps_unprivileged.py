@@ -147,3 +147,12 @@ def test_a_nested_capture_cannot_change_user(env: dict[str, str], shared: Path) 
     result = cli("asl-capture", "--", "sh", "-c", script, env=env, cwd=work)
     assert b"rc=2" in result.stdout, result.stdout + result.stderr
     assert b"belong to the outermost capture" in result.stderr
+
+
+def test_a_working_directory_the_build_user_cannot_enter_is_refused_before_running(
+        env: dict[str, str], tmp_path: Path) -> None:
+    """pytest's tmp_path sits below a mode-0700 directory: the command would not even start."""
+    result = cli("asl-capture", "--", "touch", "ran", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "UsageError")
+    assert b"cannot enter the working directory" in result.stderr and not (tmp_path / "ran").exists()
