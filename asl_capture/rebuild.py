@@ -379,31 +379,13 @@ def build_env(environ: Mapping[str, str], *, epoch: int, config: Path, key: Path
         "ASL_IMAGE_CONFIG": str(config),
         "ASL_APT_CHECK_VALID_UNTIL": "0",
         "ASL_CAPTURE_KEY": str(key),
+        "ASL_CAPTURE": f"{sys.executable} -m asl_capture.cli.capture",
         "ASL_PYTHON": env.get("ASL_PYTHON", "python3"),
     })
-    if os.geteuid() != 0:  # as root the steps run as the build user, who finds asl-capture on its PATH
-        env["ASL_CAPTURE"] = f"{sys.executable} -m asl_capture.cli.capture"
     return env
 
 
-def capture_argv(src: Path, writable: tuple[Path, ...]) -> list[str]:
-    """How the rebuild runs ``./pipeline/build.sh``: as the build user when the checked-out tree's
-    pipeline runs that way (its ``[tool.asl-capture]`` names ``writable`` directories), with
-    ``writable`` (the rebuild's package cache and source store) given to it; as root for a tree
-    from before the build user, whose steps expect root."""
-    from asl_capture import projectconfig
-
-    argv = [sys.executable, "-m", "asl_capture.cli.capture"]
-    if os.geteuid() == 0:
-        if projectconfig.load(src).writable:
-            for directory in writable:
-                argv += ["--writable", str(directory)]
-        else:
-            argv.append("--as-root")
-    return [*argv, "--", "./pipeline/build.sh"]
-
-
-def run_build(src: Path, env: dict[str, str], log: Path, *, writable: tuple[Path, ...] = ()) -> float:
+def run_build(src: Path, env: dict[str, str], log: Path) -> float:
     """``asl-capture -- ./pipeline/build.sh`` in ``src``; returns its wall time.
 
     Raises:
@@ -412,8 +394,8 @@ def run_build(src: Path, env: dict[str, str], log: Path, *, writable: tuple[Path
     t0 = time.monotonic()
     with log.open("wb") as out:
         try:
-            res = subprocess.run(capture_argv(src, writable), cwd=src, env=env, stdout=out,
-                                 stderr=subprocess.STDOUT, check=False)
+            res = subprocess.run([sys.executable, "-m", "asl_capture.cli.capture", "--", "./pipeline/build.sh"],
+                                 cwd=src, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
         except OSError as exc:
             raise RebuildError(f"cannot run the build: {exc}") from None
     seconds = time.monotonic() - t0
@@ -480,8 +462,6 @@ def rebuild(config: RebuildConfig) -> Outcome:
 
     work = (config.work if config.work is not None else Path(tempfile.mkdtemp(prefix="asl-rebuild-"))).absolute()
     work.mkdir(parents=True, exist_ok=True)
-    if config.work is None:
-        os.chmod(work, 0o755)  # noqa: S103 - the build user the steps run as must reach the checkout
     src = work / "src"
     if src.exists() or (work / "mirror").exists():
         raise UsageError(f"--work {work} is not empty (src/ or mirror/ exists): give a fresh directory")
@@ -509,7 +489,7 @@ def rebuild(config: RebuildConfig) -> Outcome:
     key, _pub, _kid = generate("rebuild", directory=work / "key")
     env = build_env(config.environ, epoch=p.epoch, config=work / "image.yaml", key=key)
     notify(f"asl-verify rebuild: building (log {work / 'build.log'})")
-    seconds = run_build(src, env, work / "build.log", writable=(work / "debs", work / "store"))
+    seconds = run_build(src, env, work / "build.log")
     key.unlink()
     rebuilt = src / p.iso_label
     try:
