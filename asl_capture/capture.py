@@ -121,9 +121,10 @@ def _abs(path: Path, cwd: Path) -> Path:
     return path if path.is_absolute() else cwd / path
 
 
-def resolve_user(config: CaptureConfig, *, nested: bool) -> BuildUser | None:
+def resolve_user(config: CaptureConfig, *, nested: bool, project: ProjectConfig | None = None) -> BuildUser | None:
     """Who the command runs as: None for this process's own user (not root, ``--as-root``, or a
-    capture nested in a build, whose key holder decided), else the build user.
+    capture nested in a build, whose key holder decided), else the build user. The order:
+    ``--user``/``--as-root``, ``$ASL_CAPTURE_USER``, the project's ``user``, ``asl-build``.
 
     Raises:
         UsageError: --user with --as-root, --user or --as-root in a nested capture, or an unknown user.
@@ -145,8 +146,8 @@ def resolve_user(config: CaptureConfig, *, nested: bool) -> BuildUser | None:
 
     if config.user is not None:
         return builduser.resolve(config.user)
-    name = config.environ.get(ENV_USER) or builduser.DEFAULT_USER
-    if name == "root":  # $ASL_CAPTURE_USER=root: as --as-root
+    name = config.environ.get(ENV_USER) or (project.user if project else None) or builduser.DEFAULT_USER
+    if name == "root":  # $ASL_CAPTURE_USER=root or the project's user = "root": as --as-root
         return None
     return builduser.resolve(name)
 
@@ -213,7 +214,7 @@ def _capture(config: CaptureConfig, notify: Callable[[str], None]) -> CaptureOut
                         absolute=_provenance_paths(prov_path, in_roots + out_roots))
     signer = resolve_signer(config, notify)
     nested = isinstance(signer, AgentClient)
-    user = resolve_user(config, nested=nested)
+    user = resolve_user(config, nested=nested, project=project)
     keeper: ChainKeeper | None = None
     spool = None
     if isinstance(signer, AgentClient):

@@ -15,7 +15,7 @@ from asl_capture.frozen import frozen
 
 #: A pyproject.toml larger than this is refused (it is read whole, before anything runs).
 MAX_SIZE = 4 << 20
-_KEYS = frozenset({"provenance", "exclude", "writable"})
+_KEYS = frozenset({"provenance", "exclude", "writable", "user"})
 
 
 @frozen
@@ -26,6 +26,8 @@ class ProjectConfig:
     excludes: tuple[str, ...] = ()
     #: Directories (relative to the project) a step running as the build user may write in.
     writable: tuple[Path, ...] = ()
+    #: Who a root capture of this project runs its command as (as ``--user``; ``root`` as ``--as-root``).
+    user: str | None = None
 
 
 def load(directory: Path) -> ProjectConfig:
@@ -63,5 +65,8 @@ def load(directory: Path) -> ProjectConfig:
     writable = table.get("writable", [])
     if not isinstance(writable, list) or not all(isinstance(w, str) and w for w in writable):
         raise UsageError(f"{path}: [tool.asl-capture] writable must be a list of directory names")
+    user = table.get("user")
+    if user is not None and (not isinstance(user, str) or not user):
+        raise UsageError(f"{path}: [tool.asl-capture] user must be a user name")
     return ProjectConfig(provenance=Path(provenance) if provenance else None, excludes=tuple(excludes),
-                         writable=tuple(directory / w for w in writable))
+                         writable=tuple(directory / w for w in writable), user=user)

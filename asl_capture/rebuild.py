@@ -394,7 +394,10 @@ def run_build(src: Path, env: dict[str, str], log: Path) -> float:
     t0 = time.monotonic()
     with log.open("wb") as out:
         try:
-            res = subprocess.run([sys.executable, "-m", "asl_capture.cli.capture", "--", "./pipeline/build.sh"],
+            # as the recorded build ran: the pipeline's steps run as root (records before the build
+            # user existed say nothing of it; this tree's pyproject.toml says user = "root")
+            res = subprocess.run([sys.executable, "-m", "asl_capture.cli.capture", "--as-root", "--",
+                                  "./pipeline/build.sh"],
                                  cwd=src, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
         except OSError as exc:
             raise RebuildError(f"cannot run the build: {exc}") from None

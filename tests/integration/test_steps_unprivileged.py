@@ -156,3 +156,14 @@ def test_a_working_directory_the_build_user_cannot_enter_is_refused_before_runni
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "UsageError")
     assert b"cannot enter the working directory" in result.stderr and not (tmp_path / "ran").exists()
+
+
+def test_a_project_can_keep_its_steps_as_root_and_the_record_says_so(
+        env: dict[str, str], shared: Path, keypair: KeyPair) -> None:
+    (shared / "pyproject.toml").write_text('[tool.asl-capture]\nuser = "root"\n')
+    result = cli("asl-capture", "--", "id", "-u", env=env, cwd=shared)
+    assert result.returncode == 0 and result.stdout.strip() == b"0", result.stderr
+    record = read_records(Path(env["ASL_CAPTURE_DIR"]), keypair.pub)[-1]
+    assert record.user is not None and record.user.uid == 0
+    result = cli("asl-capture", "--user", "nobody", "--", "id", "-u", env=env, cwd=shared)
+    assert result.stdout.strip() == b"65534"  # the command line still decides
