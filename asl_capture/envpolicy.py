@@ -69,8 +69,16 @@ class Rule(NamedTuple):
 # hold), so "a separator" is white space or NUL and "one argument's rest" stops at NUL.
 _SEP = r"[\s\0]"
 _START = r"(?<![^\s\0'\"(;&|`])"  # the start of a word: after a separator, a quote, ( ; & | `
+_START_KEY = r"(?<![^\s\0'\"(;&|`/?,])"  # the start of a key: also after / ? , (URL queries, mount options)
 _WORD = r"""(?:"[^"\0]*"|'[^'\0]*'|[^\s\0'";&|])+"""  # a word (quoted parts included) up to ; & |
-_NAME = r"-{0,2}[A-Za-z_/][\w.:/@-]*"  # an option, variable or key name
+
+#: A secret-looking option, variable or key name: what it holds is masked (docs/FORMAT.md section 7).
+_SECRET_WORD = (r"(?i:pass(?!ive|wordauthentication)|pwd|pw(?![a-z])|token|secret|credential"
+                r"|auth(?!or|entication|methods?)|cookie|private"
+                r"|key(?!ring|server|id|map|board|word|code|s\b|checking|algorithms|types?\b|authentication))")
+#: A name holding a secret word (before :func:`secret_name` judges its last part): only such names
+#: match, so an ordinary ``--opt value`` or ``key=value`` never hides a secret one after it.
+_SNAME = r"-{0,2}(?:[A-Za-z_/][\w.:/@-]*?)?" + _SECRET_WORD + r"[\w.-]*"
 
 #: The masking rules, applied in this order by :func:`mask` (docs/FORMAT.md section 7 is this table).
 RULES: tuple[Rule, ...] = (
@@ -83,30 +91,27 @@ RULES: tuple[Rule, ...] = (
                         r"|(?<![\w-])private-token|(?<![\w-])(?:set-)?cookie)[ \t]*:[ \t]*(?P<v>[^\0\n'\"]+)"),
     # NAME=VALUE or --NAME=VALUE as a whole argument, NAME secret-named: the rest of the argument (up to a
     # shell operator ' ; ', ' && ', ' | ' or a newline, where a script string goes on)
-    Rule("secret-assignment-argument", r"(?:^|(?<=\0))(?P<n>" + _NAME + r")=(?P<v>(?:(?![ \t]*(?:;|&&|\|\|?)[ \t]"
+    Rule("secret-assignment-argument", r"(?:^|(?<=\0))(?P<n>" + _SNAME + r")=(?P<v>(?:(?![ \t]*(?:;|&&|\|\|?)[ \t]"
                                        r"|\n)[^\0])+)", "name"),
-    # the same inside a text (a script string, a conninfo "host=h password=V"): the word after '='
-    Rule("secret-assignment", _START + r"(?P<n>" + _NAME + r")=(?P<v>" + _WORD + r")", "name"),
+    # the same inside a text (a script string, a conninfo "host=h password=V", a URL query
+    # "?access_token=V", mount options "-o user=u,password=V"): the word after '='
+    Rule("secret-assignment", _START_KEY + r"(?P<n>" + _SNAME + r")=(?P<v>" + _WORD + r")", "name"),
     # --NAME VALUE, a secret-named long option and the next word
-    Rule("secret-option", _START + r"(?P<n>--[A-Za-z][\w.-]*)" + _SEP + r"+(?P<v>(?!<redacted>)" + _WORD + r")",
+    Rule("secret-option", _START + r"(?P<n>--" + _SNAME + r")" + _SEP + r"+(?P<v>(?!<redacted>)" + _WORD + r")",
          "name"),
     # -u user:PASSWORD, --user user:PASSWORD, --proxy-user=user:PASSWORD (curl, wget, ...)
     Rule("user-password-option", _START + r"(?:-u|-U|--user|--proxy-user|--http-user)(?:" + _SEP + r"+|=)?"
-                                 r"[^\s\0'\":]*:(?P<v>(?!<redacted>)" + _WORD + r")"),
+                                 r"['\"]?[^\s\0'\":]*:(?P<v>(?!<redacted>)" + _WORD + r")"),
     # sshpass -p PASSWORD, docker/podman/helm ... login ... -p PASSWORD
     Rule("login-p-option", r"(?<![\w-])(?:sshpass|login)(?:" + _SEP + r"+(?!-p" + _SEP + r")[^\s\0;|&]+)*?"
                            + _SEP + r"+-p" + _SEP + r"+(?P<v>(?!<redacted>)" + _WORD + r")"),
     # aws configure set aws_secret_access_key V, npm/yarn/git config [set] NAME V: a secret-named NAME's value
     Rule("config-set", r"(?<![\w-])(?:config|configure)" + _SEP + r"+(?:set" + _SEP + r"+)?(?:--?[\w-]+" + _SEP
-                       + r"+)*(?P<n>[\w.:/@-]+)" + _SEP + r"+(?P<v>(?!<redacted>)" + _WORD + r")", "name"),
+                       + r"+)*?(?P<n>" + _SNAME + r")" + _SEP + r"+(?P<v>(?!<redacted>)" + _WORD + r")", "name"),
     # -pPASSWORD (MySQL), 4 or more characters glued to -p, not a common option word
     Rule("p-glued", _START + r"-p(?P<v>(?!<redacted>)[^\s\0'\"=]{4,}+)(?!=)", "p-word"),
 )
 
-#: A secret-looking option, variable or key name: what it holds is masked (docs/FORMAT.md section 7).
-_SECRET_WORD = (r"(?i:pass(?!ive|wordauthentication)|pwd|pw(?![a-z])|token|secret|credential"
-                r"|auth(?!or|entication|methods?)|cookie|private"
-                r"|key(?!ring|server|id|map|board|word|code|s\b|checking|algorithms|types?\b|authentication))")
 #: Such names that say where a secret is, or what kind, not the secret itself (their value is kept).
 _WHERE_SUFFIX = (r"(?i:[-_.](?:file|path|env|dir|fd|stdin|cmd|command|helper|type|method|mode|url|uri|id|name"
                  r"|length|size|bits|format|algorithm|alg))$")
@@ -169,9 +174,17 @@ def _compiled(rule: Rule) -> re.Pattern[str]:
     return re.compile(rule.pattern)
 
 
-def would_mask(text: str) -> bool:
-    """True when :func:`mask` would change ``text`` by its rules (for warning about stored logs)."""
-    return mask(text, ()) != text
+def masking_rule(text: str) -> str | None:
+    """The name of the first :data:`RULES` rule that would mask something in ``text``, or None
+    (``asl-verify show`` warns with it about stored logs, which are never masked)."""
+    lowered = text.lower()
+    if not any(t in lowered for t in _TRIGGERS):
+        return None
+    for rule in RULES:
+        for match in _compiled(rule).finditer(text):
+            if _redact(match, rule.check) != match.group(0):
+                return rule.name
+    return None
 
 
 def mask_argv(argv: Sequence[str], secrets: Sequence[str]) -> list[str]:
