@@ -95,6 +95,8 @@ RULES: tuple[Rule, ...] = (
                                        r"|\n)[^\0])+)", "name"),
     # the same inside a text (a script string, a conninfo "host=h password=V", a URL query
     # "?access_token=V", mount options "-o user=u,password=V"): the word after '='
+    # 'NAME=VALUE' or "--NAME=VALUE" quoted whole inside a script string: everything up to the closing quote
+    Rule("quoted-secret-assignment", r"(?P<q>['\"])(?P<n>" + _SNAME + r")=(?P<v>[^'\"\0]+)(?P=q)", "name"),
     Rule("secret-assignment", _START_KEY + r"(?P<n>" + _SNAME + r")=(?P<v>" + _WORD + r")", "name"),
     # --NAME VALUE, a secret-named long option and the next word
     Rule("secret-option", _START + r"(?P<n>--" + _SNAME + r")" + _SEP + r"+(?P<v>(?!<redacted>)" + _WORD + r")",
