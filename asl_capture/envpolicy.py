@@ -128,7 +128,15 @@ P_WORDS = frozenset({
 #: Lower-case strings one of which every rule's match holds: text without any is returned at once,
 #: and an ordinary command line (``make -j2``) never compiles a pattern.
 _TRIGGERS = ("pass", "pwd", "pw", "token", "secret", "credential", "key", "auth", "cookie", "private",
-             "://", "-p", "-u", "--user", "--proxy-user", "--http-user")
+             "://", "--user", "--proxy-user", "--http-user",
+             " -p", "\0-p", "'-p", '"-p', "\t-p", " -u", "\0-u", "'-u", '"-u', "\t-u")
+
+
+def _triggered(text: str) -> bool:
+    """True when ``text`` holds a trigger (a ``-p``/``-u`` only at the start of a word, so that a
+    ``PATH`` of ``.../python-build/...`` compiles nothing)."""
+    lowered = text.lower()
+    return lowered.startswith(("-p", "-u")) or any(t in lowered for t in _TRIGGERS)
 
 
 def secret_name(name: str) -> bool:
@@ -161,8 +169,7 @@ def mask(text: str, secrets: Sequence[str]) -> str:
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, MASK)
-    lowered = text.lower()
-    if not any(t in lowered for t in _TRIGGERS):
+    if not _triggered(text):
         return text
     for rule in RULES:
         check = rule.check
@@ -179,8 +186,7 @@ def _compiled(rule: Rule) -> re.Pattern[str]:
 def masking_rule(text: str) -> str | None:
     """The name of the first :data:`RULES` rule that would mask something in ``text``, or None
     (``asl-verify show`` warns with it about stored logs, which are never masked)."""
-    lowered = text.lower()
-    if not any(t in lowered for t in _TRIGGERS):
+    if not _triggered(text):
         return None
     for rule in RULES:
         for match in _compiled(rule).finditer(text):
