@@ -422,9 +422,10 @@ def _record(config: CaptureConfig, b: _Before, result: RunResult) -> CaptureOutc
         except AslError as exc:
             errors.append(str(exc))
     attached: list[Attachment] = []
+    hidden = envpolicy.secret_values(config.environ)
     for path in config.attach:
         try:
-            attached += attach(store, _abs(path, cwd), cwd)
+            attached += attach(store, _abs(path, cwd), cwd, hide=lambda text: envpolicy.mask(text, hidden))
         except AslError as exc:
             errors.append(str(exc))
     if b.cache_path is not None:
@@ -470,9 +471,11 @@ def _record(config: CaptureConfig, b: _Before, result: RunResult) -> CaptureOutc
     return CaptureOutcome(exit_code=_exit_code(result, errors), record=record, seq=record.seq)
 
 
-def attach(store: Store, path: Path, cwd: Path) -> list[Attachment]:
+def attach(store: Store, path: Path, cwd: Path, *,
+           hide: Callable[[str], str] = lambda text: envpolicy.mask(text, ())) -> list[Attachment]:
     """Store the bytes of ``path`` (a file, or every regular file under a directory, sorted; symlinks
-    are not followed) as objects; return their ``{"path", "digest", "size"}`` entries for the record.
+    are not followed) as objects; return their ``{"path", "digest", "size"}`` entries for the record,
+    each path as ``hide`` masks it.
 
     Raises:
         CaptureError: the path is missing, not a file or directory, or unreadable.
@@ -501,7 +504,7 @@ def attach(store: Store, path: Path, cwd: Path) -> list[Attachment]:
                 digest, size = store.put_fd(fd)  # streamed: an attachment may be larger than memory
             finally:
                 os.close(fd)
-            out.append(Attachment(path=_text(os.fsdecode(label_for(full, cwd))), digest=digest, size=size))
+            out.append(Attachment(path=_text(hide(os.fsdecode(label_for(full, cwd)))), digest=digest, size=size))
     except OSError as exc:
         raise CaptureError(f"{current}: cannot attach: {safeio.describe(exc)}") from None
     return out
@@ -642,7 +645,7 @@ def _draft(
         stderr=Log(digest=result.stderr.digest, size=result.stderr.size),
         host=host_info(),
         source_date_epoch=int(sde) if sde.isdigit() else None,
-        sources=sources,
+        sources=None if sources is None else tuple(_masked_source(s, hidden) for s in sources),
         vcs=b.vcs,
         error=_text(envpolicy.mask("; ".join(errors), hidden)) if errors else None,
         signals=tuple(result.signals) if result.signals else None,
@@ -651,6 +654,16 @@ def _draft(
         attached=attached,
         user=b.runas,
     )
+
+
+def _masked_source(source: Source, hidden: list[str]) -> Source:
+    """A source as recorded: its text fields (``uri``, ``via``, ``name``, ``version``, ``kind``) masked."""
+    def hide(text: str | None) -> str | None:
+        return None if text is None else envpolicy.mask(text, hidden)
+
+    return Source(uri=envpolicy.mask(source.uri, hidden), sha256=source.sha256,
+                  kind=envpolicy.mask(source.kind, hidden), via=hide(source.via), name=hide(source.name),
+                  version=hide(source.version), size=source.size)
 
 
 def _check_encodable(config: CaptureConfig, b: _Before) -> None:

@@ -374,9 +374,10 @@ def load_seed(path: Path, *, passphrase: bytes | None = None) -> bytes:
     )
 
 
-def save_seed(path: Path, seed: bytes) -> None:
-    """Write an unencrypted PKCS#8 PEM Ed25519 private key (mode 0600, never over an existing file),
-    without importing ``cryptography``.
+def save_seed(path: Path, seed: bytes, *, passphrase: bytes | None = None) -> None:
+    """Write an Ed25519 private key as PKCS#8 PEM (mode 0600, never over an existing file): encrypted
+    (``ENCRYPTED PRIVATE KEY``, as :func:`generate` writes) when ``passphrase`` is given, else
+    unencrypted and without importing ``cryptography``.
 
     Raises:
         KeyFileError: ``seed`` is not 32 bytes, the file exists or cannot be written.
@@ -385,6 +386,15 @@ def save_seed(path: Path, seed: bytes) -> None:
 
     if len(seed) != 32:
         raise KeyFileError(f"{path}: an Ed25519 private key is 32 bytes")
+    if passphrase:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        pem = Ed25519PrivateKey.from_private_bytes(seed).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(passphrase))
+        _write_new(path, pem, 0o600)
+        return
     body = base64.encodebytes(_PKCS8_ED25519 + seed).replace(b"\n", b"")
     _write_new(path, _PEM_BEGIN + b"\n" + body + b"\n" + _PEM_END + b"\n", 0o600)
 

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from asl_capture import safeio, statcache
+from asl_capture import envpolicy, safeio, statcache
 from asl_capture.errors import SnapshotError
 from asl_capture.frozen import frozen
 from asl_capture.statcache import CacheRecord, Ident, StatCache
@@ -162,6 +162,13 @@ class _Walk:
             self.list_dir(pop(), push)
 
 
+def _masked_target(target: bytes) -> bytes:
+    """A symlink's target as a manifest records it: credentials masked (``envpolicy.mask``), e.g. a
+    link to ``https://user:PASSWORD@host/x``; an ordinary target is returned as it is."""
+    text = target.decode("utf-8", "surrogateescape")
+    return envpolicy.mask(text, ()).encode("utf-8", "surrogateescape")
+
+
 def _other(abs_path: bytes, label: bytes, mode: int, st: os.stat_result, dir_fd: int | None) -> Row:
     """The row of a symlink, device, fifo or socket (a symlink is read relative to ``dir_fd`` if given)."""
     fmt = mode & _S_IFMT
@@ -170,6 +177,7 @@ def _other(abs_path: bytes, label: bytes, mode: int, st: os.stat_result, dir_fd:
             target = os.readlink(abs_path if dir_fd is None else os.path.basename(abs_path), dir_fd=dir_fd)
         except OSError as exc:
             raise SnapshotError(f"{os.fsdecode(abs_path)}: cannot read symlink: {exc.strerror}") from None
+        target = _masked_target(target)
         return (label, "l", mode & 0o7777, len(target), target)
     kind = _OTHER_KINDS.get(fmt, "s")
     return (label, kind, mode & 0o7777, 0, st.st_rdev if kind in ("c", "b") else None)

@@ -144,7 +144,7 @@ def certify(store: Path, domain_id: str, roots: RootsDir, *, passphrase: bytes |
     seeds = roots.private_keys(passphrase)
     if len(seeds) < rootset.threshold:
         raise ActionRefused(f"{roots.path}: {len(seeds)} root key(s) available, the threshold is {rootset.threshold}")
-    domain_seed = _key(store / KEYS_DIR / f"{DOMAIN_ROOT_KEY}.key", None)
+    domain_seed = _key(store / KEYS_DIR / f"{DOMAIN_ROOT_KEY}.key", passphrase)
     if policy_hash is None:
         policy_hash = roots.trust().policy_hash
     cert = AuthorityCertificate(subject_type="domain_root", subject_pubkey=ed25519.public_key(domain_seed),
@@ -167,11 +167,12 @@ def genesis(store: Path, domain_id: str, roots: RootsDir, policy: DomainPolicy, 
     keydir = store / KEYS_DIR
     keydir.mkdir(mode=0o700, parents=True, exist_ok=True)
     root_seed = os.urandom(32)
-    _save(keydir / f"{DOMAIN_ROOT_KEY}.key", root_seed)
+    # with a passphrase, every private key written to the data disk is encrypted with it
+    _save(keydir / f"{DOMAIN_ROOT_KEY}.key", root_seed, passphrase)
     entries = []
     for name, roles in sorted(principals.items()):
         seed = os.urandom(32)
-        _save(keydir / f"{name}.key", seed)
+        _save(keydir / f"{name}.key", seed, passphrase)
         entries.append(PrincipalEntry(public_key=ed25519.public_key(seed), roles=tuple(sorted(set(roles)))))
     certify(store, domain_id, roots, passphrase=passphrase, policy_hash=policy.policy_hash)
     write_atomic(store / AUTHORITY_DIR / POLICY_NAME, policy.encode())
@@ -186,9 +187,9 @@ def genesis(store: Path, domain_id: str, roots: RootsDir, policy: DomainPolicy, 
     return verify_authority(store, domain_id, roots.trust())
 
 
-def _save(path: Path, seed: bytes) -> None:
+def _save(path: Path, seed: bytes, passphrase: bytes | None) -> None:
     try:
-        keys.save_seed(path, seed)
+        keys.save_seed(path, seed, passphrase=passphrase)
     except KeyFileError as exc:
         raise ActionRefused(str(exc)) from None
 
@@ -241,17 +242,19 @@ def _append(store: Path, item: bytes, *, expected_size: int) -> None:
 
 
 def act(store: Path, domain_id: str, trust: Trust, *, action: str, principal: str, data: bytes,
-        name: str) -> Receipt:
-    """``sign`` or ``intake``: store ``data``, append the receipt signed by ``principal``.
+        name: str, passphrase: bytes | None = None) -> Receipt:
+    """``sign`` or ``intake``: store ``data``, append the receipt signed by ``principal`` (its key
+    decrypted with ``passphrase`` when the domain was made with one).
 
     Raises:
         Refused: the domain is read-only (the reason).
-        ActionRefused: the principal is unknown to the DAM or lacks the action's role.
+        ActionRefused: the principal is unknown to the DAM or lacks the action's role; its key is
+            encrypted and no passphrase (or a wrong one) was given.
     """
     authority = verify_authority(store, domain_id, trust)
     if "/" in principal or principal.startswith(".") or principal == DOMAIN_ROOT_KEY:
         raise ActionRefused(f"{principal!r}: not a principal name")
-    seed = _key(store / KEYS_DIR / f"{principal}.key", None)
+    seed = _key(store / KEYS_DIR / f"{principal}.key", passphrase)
     entry = authority.dam.principal(sha256(ed25519.public_key(seed)))
     role = ACTION_ROLE[action]
     if entry is None:
@@ -268,10 +271,10 @@ def act(store: Path, domain_id: str, trust: Trust, *, action: str, principal: st
     return receipt
 
 
-def seal(store: Path, domain_id: str, trust: Trust) -> Receipt:
+def seal(store: Path, domain_id: str, trust: Trust, *, passphrase: bytes | None = None) -> Receipt:
     """Seal a snapshot: a receipt by the domain root over the log so far. Raises Refused, ActionRefused."""
     authority = verify_authority(store, domain_id, trust)
-    seed = _key(store / KEYS_DIR / f"{DOMAIN_ROOT_KEY}.key", None)
+    seed = _key(store / KEYS_DIR / f"{DOMAIN_ROOT_KEY}.key", passphrase)
     receipt = Receipt(domain_id=domain_id, seq=len(authority.receipts), prev=authority.head, action="seal",
                       principal_id=sha256(authority.dam.root_key), dam=authority.dam_digest, subject=None)
     _append(store, signed.sign1(dcbor.encode(receipt.to_value()), seed, CT_RECEIPT),

@@ -2,10 +2,11 @@
 
     asl-admin roots init --dir D --keys N --threshold T [--passphrase-file F]
     asl-admin domain genesis NAME --roots D --policy FILE --storage DIR [--id ID] [--principal NAME=ROLE,...]
+                      [--passphrase-file F]
     asl-admin certify NAME --roots D --storage DIR [--id ID]
     asl-admin dam show|verify NAME [--storage DIR --roots D]
     asl-admin status [--storage DIR --roots D]
-    asl-admin sign FILE --domain NAME --as PRINCIPAL [--storage DIR --roots D]
+    asl-admin sign FILE --domain NAME --as PRINCIPAL [--storage DIR --roots D] [--passphrase-file F]
     asl-admin snapshots NAME [--storage DIR --roots D]
     asl-admin gc-check NAME [--storage DIR --roots D]
     asl-admin policy-hash FILE
@@ -13,7 +14,9 @@
 Without ``--storage``/``--roots`` the host's ``config.yaml`` gives the data disk, the domains and the
 pinned trust, so ``status`` reaches the verdict the boot reached. ``--json`` prints data as JSON.
 Exit codes: 0 done (``dam verify``: verified), 1 refused or verification failed, 2 usage or
-unreadable input. Passphrases of root keys come from ``--passphrase-file`` or ``$ASL_KEY_PASSPHRASE``.
+unreadable input. Passphrases come from ``--passphrase-file`` or ``$ASL_KEY_PASSPHRASE``: of the root
+keys, and of the domain keys ``domain genesis`` encrypted with the passphrase it was given (``certify``,
+``sign``).
 """
 
 from __future__ import annotations
@@ -181,7 +184,7 @@ def _cmd_sign(args: argparse.Namespace) -> int:
     d = ctx.domain(args.domain)
     data = read_bounded(args.file, MAX_LOG, "file to sign", follow=True)
     receipt = actions.act(d.store, d.id, ctx.trust, action="sign", principal=getattr(args, "as"), data=data,
-                          name=args.file.name)
+                          name=args.file.name, passphrase=_passphrase(args))
     assert receipt.subject is not None
     _out(args, {"domain": d.name, "seq": receipt.seq, "digest": receipt.subject.digest.hex(),
                 "principal": receipt.principal_id.hex()},

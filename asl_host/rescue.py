@@ -1,6 +1,6 @@
 """``asl-rescue``: the RESCUE mode: intake of outside files, offline store check, rescue shell.
 
-    asl-rescue intake FILE... --domain NAME --as PRINCIPAL [--storage DIR --roots D] [--json]
+    asl-rescue intake FILE... --domain NAME --as PRINCIPAL [--storage DIR --roots D] [--passphrase-file F] [--json]
     asl-rescue check [--storage DIR --roots D] [--json]
     asl-rescue [shell] [--no-shell]
 
@@ -26,7 +26,7 @@ from typing import Any
 
 from asl_capture import __version__
 from asl_host import actions
-from asl_host.admin import _context
+from asl_host.admin import _context, _passphrase
 from asl_host.authority import MAX_LOG, Refused, read_bounded, verify_authority
 from asl_host.cli import run
 from asl_host.config import load
@@ -107,10 +107,11 @@ def _cmd_intake(args: argparse.Namespace) -> int:
     ctx = _context(args, name=args.domain)
     d = ctx.domain(args.domain)
     rows = []
+    passphrase = _passphrase(args)
     for file in args.files:
         data = read_bounded(file, MAX_LOG, "file to take in", follow=True)
         receipt = actions.act(d.store, d.id, ctx.trust, action="intake", principal=getattr(args, "as"), data=data,
-                              name=file.name)
+                              name=file.name, passphrase=passphrase)
         assert receipt.subject is not None
         rows.append({"file": str(file), "digest": receipt.subject.digest.hex(), "seq": receipt.seq})
     text = [f"intake {r['file']} sha256:{r['digest']} into {d.name} (receipt {r['seq']})" for r in rows]
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     intake.add_argument("files", type=Path, nargs="+")
     intake.add_argument("--domain", required=True)
     intake.add_argument("--as", required=True, metavar="PRINCIPAL")
+    intake.add_argument("--passphrase-file", type=Path, help="the passphrase of the principal's key, when encrypted")
     intake.set_defaults(fn=_cmd_intake)
     shell = sub.add_parser("shell", parents=[common], help="diagnostics, then /bin/sh (the default)")
     shell.add_argument("--no-shell", action="store_true")

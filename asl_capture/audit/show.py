@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from asl_capture import chain, cose, dcbor
+from asl_capture import chain, cose, dcbor, envpolicy, safeio
 from asl_capture.errors import CborError, ChainError, UsageError, VerificationError
 from asl_capture.format import StepRecord
 from asl_capture.store import ProvenanceDir
@@ -144,6 +144,52 @@ def lines(s: dict[str, Any], *, full: bool) -> list[str]:
         for name, value in sorted(s["env"].items()):
             out.append(f"    {name}={value}" if value is not None else f"    {name} (not recorded)")
     return out
+
+
+#: A stored log is searched for credentials in pieces of this many bytes, each overlapping the next
+#: by :data:`LOG_OVERLAP` so that a credential across two pieces is still found.
+LOG_CHUNK = 1 << 20
+LOG_OVERLAP = 4096
+
+
+def log_warnings(directory: Path, record: StepRecord) -> list[str]:
+    """A warning for each stored log (stdout, stderr) of ``record`` holding text that the masking
+    rules (docs/FORMAT.md section 7) would have masked in a record field: logs are stored unchanged,
+    so a step that printed a credential published it. The text itself is never repeated.
+
+    A log that cannot be read is named too (``asl-verify chain`` says why).
+    """
+    prov = ProvenanceDir.existing(directory)
+    out: list[str] = []
+    for stream, log in (("stdout", record.stdout), ("stderr", record.stderr)):
+        if log.size == 0:
+            continue
+        try:
+            rule = _log_rule(prov.object_path(log.digest))
+        except OSError as exc:
+            out.append(f"record {record.seq}: its stored {stream} could not be searched for credentials: "
+                       f"{safeio.describe(exc)}")
+            continue
+        if rule is not None:
+            out.append(f"record {record.seq}: its stored {stream} holds text the masking rules would have masked "
+                       f"({rule}); logs are stored unchanged: check it before publishing this chain")
+    return out
+
+
+def _log_rule(path: Path) -> str | None:
+    fd, _size = safeio.open_regular(path, what="object")
+    try:
+        tail = b""
+        while True:
+            piece = os.read(fd, LOG_CHUNK)
+            if not piece:
+                return None
+            rule = envpolicy.masking_rule((tail + piece).decode("utf-8", "replace"))
+            if rule is not None:
+                return rule
+            tail = piece[-LOG_OVERLAP:]
+    finally:
+        os.close(fd)
 
 
 def select(records: list[StepRecord], seq: int | None) -> list[StepRecord]:

@@ -130,6 +130,9 @@ def show_cmd(directory: Path, seq: int | None, trust: tuple[Path, ...], as_json:
     chosen = show.select(records, seq)
     seqs = {r.id: r.seq for r in records}
     summaries = [show.summary(r, seqs) for r in chosen]
+    for record in chosen:
+        for warning in show.log_warnings(directory, record):
+            click.echo(f"asl-verify: warning: {warning}", err=True)
     if as_json:
         click.echo(json.dumps({"schema": JSON_SCHEMAS["show"], "path": str(directory), "verified": verified,
                                "records": summaries}, indent=2, sort_keys=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,62 @@ def test_rescue_check_quarantines_a_corrupt_object(roots: Path, tmp_path: Path) 
     assert bad.returncode == 1 and "moved to quarantine/" in bad.stdout
     assert not obj.exists() and (store / "quarantine" / obj.name).read_text() == "tampered\n"
     assert "content hashes to" in (store / "quarantine" / "REPORT").read_text()
+
+
+def test_with_a_passphrase_every_domain_key_is_encrypted_and_signing_needs_it(tmp_path: Path) -> None:
+    """genesis --passphrase-file encrypts the domain root and principal keys (PKCS#8, 0600); sign
+    and intake decrypt them with the passphrase and refuse, in one line, without it or with a wrong one."""
+    import subprocess
+    import sys
+
+    passfile = tmp_path / "pass"
+    passfile.write_text("correct horse battery\n")
+    wrong = tmp_path / "wrong"
+    wrong.write_text("incorrect horse\n")
+    roots = tmp_path / "roots"
+    made = admin("roots", "init", "--dir", roots, "--passphrase-file", passfile)
+    assert made.returncode == 0, made.stderr
+    disk = tmp_path / "disk"
+    res = admin("domain", "genesis", "personal", "--roots", roots, "--policy", POLICY, "--storage", disk,
+                "--principal", "alice=produce,publish", "--passphrase-file", passfile)
+    assert res.returncode == 0, res.stderr
+    key_files = sorted((disk / "personal" / "keys").iterdir())
+    assert [p.name for p in key_files] == ["alice.key", "root.key"]
+    for path in key_files:
+        text = path.read_bytes()
+        assert text.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\n"), path
+        assert b"BEGIN " + b"PRIVATE KEY" not in text
+        assert path.stat().st_mode & 0o777 == 0o600
+    art = tmp_path / "artifact.bin"
+    art.write_bytes(b"artifact")
+    where = ("--storage", disk, "--roots", roots)
+    for extra in ((), ("--passphrase-file", wrong)):
+        refused = admin("sign", art, "--domain", "personal", "--as", "alice", *where, *extra)
+        assert refused.returncode == 1, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+        assert "alice.key" in refused.stderr
+        assert ("wrong passphrase" if extra else "key is encrypted; give its passphrase") in refused.stderr
+    ok = admin("sign", art, "--domain", "personal", "--as", "alice", *where, "--passphrase-file", passfile)
+    assert ok.returncode == 0, ok.stderr
+    intake = subprocess.run([sys.executable, "-m", "asl_host.rescue", "intake", str(art), "--domain", "personal",
+                             "--as", "alice", *map(str, where)], capture_output=True, text=True, check=False,
+                            env={**os.environ, "ASL_KEY_PASSPHRASE": ""})
+    assert intake.returncode == 1 and "key is encrypted" in intake.stderr
+    intake = subprocess.run([sys.executable, "-m", "asl_host.rescue", "intake", str(art), "--domain", "personal",
+                             "--as", "alice", *map(str, where), "--passphrase-file", str(passfile)],
+                            capture_output=True, text=True, check=False, env={**os.environ, "ASL_KEY_PASSPHRASE": ""})
+    assert intake.returncode == 0, intake.stderr
+    # certify re-reads the (encrypted) domain root key with the same passphrase
+    assert admin("certify", "personal", "--roots", roots, "--storage", disk).returncode == 1
+    assert admin("certify", "personal", "--roots", roots, "--storage", disk,
+                 "--passphrase-file", passfile).returncode == 0
+    snaps = admin("snapshots", "personal", "--json", *where)
+    assert snaps.returncode == 0 and snaps.stdout.count('"name": "artifact.bin"') == 2
+    assert "correct horse" not in snaps.stdout
+
+
+def test_without_a_passphrase_domain_keys_stay_plain_pkcs8(roots: Path, tmp_path: Path) -> None:
+    store = make_domain(tmp_path / "disk", "personal", roots, None, tmp_path / "work")
+    for path in (store / "keys").iterdir():
+        assert path.read_bytes().startswith(b"-----BEGIN " + b"PRIVATE KEY-----\n")
+        assert path.stat().st_mode & 0o777 == 0o600
