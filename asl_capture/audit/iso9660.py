@@ -17,6 +17,7 @@ import hashlib
 import os
 import struct
 
+from asl_capture.audit.limits import MAX_NAME, Limits
 from asl_capture.errors import ImageError
 from asl_capture.frozen import frozen
 
@@ -25,6 +26,7 @@ SYSTEM_AREA = 16 * SECTOR
 MAX_DIRECTORY = 16 << 20
 MAX_PATHS = 1_000_000
 MAX_CE_HOPS = 64
+MAX_SYMLINK = 4096
 _S_IFMT = 0o170000
 _KINDS = {0o100000: "f", 0o040000: "d", 0o120000: "l", 0o020000: "c", 0o060000: "b", 0o010000: "p",
           0o140000: "s"}
@@ -67,13 +69,18 @@ class _Rec:
 class IsoImage:
     """An ISO 9660 image in the open file ``fd``."""
 
-    def __init__(self, fd: int, *, name: str = "ISO") -> None:
+    def __init__(self, fd: int, *, name: str = "ISO", limit: int | None = None) -> None:
+        """``limit``: read no byte at or beyond it (the recorded size of the image)."""
         self.fd = fd
         self.name = name
         try:
             self.size = os.fstat(fd).st_size
         except OSError as exc:
             raise ImageError(f"{name}: cannot stat: {exc.strerror}") from None
+        if limit is not None:
+            self.size = min(self.size, limit)
+        #: each Rock Ridge continuation area, and the directory record (its byte offset) it continues
+        self._continued: dict[tuple[int, int], int] = {}
         if self.size < SYSTEM_AREA + 2 * SECTOR:
             raise ImageError(f"{name}: {self.size} bytes is too small for an ISO 9660 image")
         self.root: _Rec | None = None
@@ -109,7 +116,8 @@ class IsoImage:
             raise ImageError(f"{self.name}: truncated at offset {pos}")
         return data
 
-    def _record(self, buf: bytes, pos: int, length: int) -> _Rec:
+    def _record(self, buf: bytes, pos: int, length: int, where: int = -1) -> _Rec:
+        """The directory record at ``pos`` of ``buf`` (``where``: its byte offset in the image)."""
         if length < 34 or pos + length > len(buf):
             raise ImageError(f"{self.name}: corrupt directory record")
         rec = _Rec()
@@ -122,10 +130,10 @@ class IsoImage:
         rec.name = buf[pos + 33:pos + 33 + name_len]
         su_start = 33 + name_len + (1 - name_len % 2)
         if su_start < length:
-            self._susp(rec, buf[pos + su_start:pos + length])
+            self._susp(rec, buf[pos + su_start:pos + length], where)
         return rec
 
-    def _susp(self, rec: _Rec, area: bytes) -> None:
+    def _susp(self, rec: _Rec, area: bytes, where: int) -> None:
         """Apply the System Use entries (Rock Ridge) of ``area`` and its continuation areas to ``rec``."""
         nm: list[bytes] = []
         sl: list[bytes] = []
@@ -152,6 +160,8 @@ class IsoImage:
                     if flags & 0x06:
                         rec.skip = True
                     nm.append(data[1:])
+                    if sum(len(piece) for piece in nm) > MAX_NAME:
+                        raise ImageError(f"{self.name}: a Rock Ridge name longer than {MAX_NAME} bytes: refused")
                 elif sig == b"SL" and data:
                     rec.rr = True
                     comps = data[1:]
@@ -173,6 +183,9 @@ class IsoImage:
                         else:
                             sl.append(piece)
                         sl_partial = bool(cflags & 0x01)
+                    if sum(len(piece) + 1 for piece in sl) > MAX_SYMLINK:
+                        raise ImageError(f"{self.name}: a Rock Ridge symlink target longer than {MAX_SYMLINK} "
+                                         f"bytes: refused")
                 elif sig == b"PN" and len(data) >= 16:
                     (high,) = struct.unpack_from("<I", data, 0)
                     (low,) = struct.unpack_from("<I", data, 8)
@@ -197,6 +210,10 @@ class IsoImage:
             hops += 1
             if hops > MAX_CE_HOPS or ce[2] > SECTOR:
                 raise ImageError(f"{self.name}: absurd Rock Ridge continuation area")
+            owner = self._continued.setdefault((ce[0], ce[1]), where)
+            if owner != where:  # a chain is read once: one record's continuation is no other record's
+                raise ImageError(f"{self.name}: Rock Ridge continuation area at sector {ce[0]} (offset {ce[1]}) "
+                                 f"continues two directory records: refused")
             area = self._read(ce[0] * SECTOR + ce[1], ce[2])
         if nm:
             rec.name = b"".join(nm)
@@ -219,19 +236,22 @@ class IsoImage:
                 continue
             if pos % SECTOR + length > SECTOR:
                 raise ImageError(f"{self.name}: /{os.fsdecode(path)}: directory record crosses a sector")
-            out.append(self._record(buf, pos, length))
+            out.append(self._record(buf, pos, length, d.extent * SECTOR + pos))
             if first_only:
                 break
             pos += length
         return out
 
-    def walk(self) -> list[IsoNode]:
-        """Every path of the ISO (the root is ``.``), Rock Ridge names and modes when present.
+    def walk(self, limits: Limits | None = None) -> list[IsoNode]:
+        """Every path of the ISO (the root is ``.``), Rock Ridge names and modes when present, within
+        ``limits`` (paths: count, length, total bytes).
 
         Raises:
             ImageError: the image is corrupt or truncated, or claims absurd sizes.
         """
         assert self.root is not None
+        lim = limits if limits is not None else Limits(max_paths=MAX_PATHS)
+        budget = lim.max_path_bytes
         out: list[IsoNode] = [IsoNode(b".", "d", self._mode(self.root, "d"), 0)]
         root_recs = self._dir_records(self.root, b".", first_only=True)
         if root_recs:
@@ -262,6 +282,10 @@ class IsoImage:
                     raise ImageError(f"{self.name}: /{os.fsdecode(prefix + name)}: name appears twice")
                 seen.add(name)
                 path = prefix + name
+                budget -= len(path)
+                if len(path) > lim.max_path or budget < 0:
+                    raise ImageError(f"{self.name}: /{os.fsdecode(path[:64])}...: a path of {len(path)} bytes "
+                                     f"(more than {lim.max_path}) or more path bytes than the record allows: refused")
                 is_dir = bool(rec.flags & 0x02)
                 kind = "d" if is_dir else "f"
                 if rec.mode is not None:
@@ -290,8 +314,8 @@ class IsoImage:
                 else:
                     out.append(IsoNode(path, kind, mode, 0, rdev=rec.rdev, uid=rec.uid, gid=rec.gid))
                 extents = []
-                if len(out) > MAX_PATHS:
-                    raise ImageError(f"{self.name}: more than {MAX_PATHS} paths: refused")
+                if len(out) > min(MAX_PATHS, lim.max_paths):
+                    raise ImageError(f"{self.name}: more than {min(MAX_PATHS, lim.max_paths)} paths: refused")
             if pending is not None:
                 raise ImageError(f"{self.name}: /{os.fsdecode(prefix)}: multi-extent file without its last part")
         return out
