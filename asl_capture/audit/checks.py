@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from asl_capture.audit.compare import Seen, differences, summary
 from asl_capture.audit.iso9660 import SYSTEM_AREA, IsoImage, IsoNode
+from asl_capture.audit.isolayout import layout_problems, read_layout, tree_problems
 from asl_capture.audit.limits import Limits
 from asl_capture.audit.recorded import IsoContents, Recorded, relabelled, subtree
 from asl_capture.errors import CborError, ImageError, VerificationError
@@ -113,6 +114,15 @@ def check_iso_files(r: IsoRead) -> str:
     except (ImageError, OSError) as exc:
         raise VerificationError(f"cannot read the ISO: {exc}", check="iso-files", record=r.iso_seq) from None
     problems = differences(r.expected, found)
+    try:
+        layout, joliet, hfs = read_layout(r.image, r.nodes, os.fstat(r.fd).st_size,
+                                          Limits.from_record({}, list(r.expected)))
+    except (ImageError, OSError) as exc:
+        raise VerificationError(f"cannot read the ISO's other trees or boot records: {exc}", check="iso-files",
+                                record=r.iso_seq) from None
+    problems += tree_problems(r.nodes, joliet, hfs)
+    if r.contents.layout is not None:
+        problems += layout_problems(layout, r.contents.layout, r.fd, r.image.size)
     if area != r.contents.system_area:
         problems.insert(0, f"system area (first 32 KiB, the boot code and partition tables): sha256 "
                            f"{area.hex()} found, {r.contents.system_area.hex()} recorded")
@@ -120,8 +130,13 @@ def check_iso_files(r: IsoRead) -> str:
         raise VerificationError(summary(problems, "the ISO's files"), check="iso-files", record=r.iso_seq)
     added = len(r.contents.added)
     files = sum(1 for n in r.nodes.values() if n.kind == "f")
+    other = "".join(f", {t} ({n} names)" for t, n in (("Joliet", len(joliet)), ("HFS+", len(hfs))) if n)
+    layout_note = (f"; volume descriptors ({len(layout.descriptors)}), El Torito catalog and {len(layout.boot)} boot "
+                   f"image(s), regions outside the files (tail, backup GPT) as recorded"
+                   if r.contents.layout is not None else "; (a version-1 record: layout not recorded)")
     return (f"{len(r.nodes)} paths ({files} files) = recorded tree {os.fsdecode(r.contents.tree)} + {added} "
-            f"added by the ISO tool (record {r.iso_seq}), same bytes; system area matches")
+            f"added by the ISO tool (record {r.iso_seq}), same bytes{other} naming Rock Ridge paths; system area "
+            f"matches{layout_note}")
 
 
 def iso_file_bytes(r: IsoRead, path: bytes, limit: int) -> bytes:

@@ -84,18 +84,23 @@ class IsoImage:
         if self.size < SYSTEM_AREA + 2 * SECTOR:
             raise ImageError(f"{name}: {self.size} bytes is too small for an ISO 9660 image")
         self.root: _Rec | None = None
+        self.joliet_root: _Rec | None = None
+        #: every volume descriptor of the set at sector 16: (sector, type, its 2048 bytes)
+        self.descriptors: list[tuple[int, int, bytes]] = []
         for index in range(16, 16 + 64):
             vd = self._read(index * SECTOR, SECTOR)
             if vd[1:6] != b"CD001":
                 raise ImageError(f"{name}: not an ISO 9660 image (no volume descriptor at sector {index})")
-            if vd[0] == 1:
+            self.descriptors.append((index, vd[0], vd))
+            if vd[0] == 1 and self.root is None:
                 (block_size,) = struct.unpack_from("<H", vd, 128)
                 if block_size != SECTOR:
                     raise ImageError(f"{name}: logical block size {block_size} is not supported")
                 self.volume_id = vd[40:72].rstrip(b" ").decode("ascii", "replace")
                 self.root = self._record(vd, 156, 34)
-                break
-            if vd[0] == 255:
+            elif vd[0] == 2 and vd[88:91] in (b"%/@", b"%/C", b"%/E") and self.joliet_root is None:
+                self.joliet_root = self._record(vd, 156, 34)
+            elif vd[0] == 255:
                 break
         if self.root is None:
             raise ImageError(f"{name}: no primary volume descriptor")
@@ -319,6 +324,50 @@ class IsoImage:
             if pending is not None:
                 raise ImageError(f"{self.name}: /{os.fsdecode(prefix)}: multi-extent file without its last part")
         return out
+
+    def joliet(self, limits: Limits) -> list[tuple[bytes, str, int, int]]:
+        """The Joliet tree, when the image has one: (path, ``d`` or ``f``, data offset, size) of each
+        path (names decoded from UCS-2, version suffix dropped), within ``limits``.
+
+        Raises:
+            ImageError: the tree is corrupt, cyclic or beyond ``limits``.
+        """
+        if self.joliet_root is None:
+            return []
+        out: list[tuple[bytes, str, int, int]] = [(b".", "d", 0, 0)]
+        visited = {self.joliet_root.extent}
+        stack: list[tuple[bytes, _Rec]] = [(b"", self.joliet_root)]
+        while stack:
+            prefix, d = stack.pop()
+            for rec in self._dir_records(d, prefix or b".")[2:]:
+                name = os.fsencode(rec.name.decode("utf-16-be", "replace").split(";", 1)[0])
+                if not name or name in (b".", b"..") or b"/" in name:
+                    raise ImageError(f"{self.name}: Joliet /{os.fsdecode(prefix)}: invalid name {name!r}")
+                path = prefix + name
+                if len(path) > limits.max_path or len(out) > limits.max_paths:
+                    raise ImageError(f"{self.name}: Joliet tree beyond the record's path limits: refused")
+                if rec.flags & 0x02:
+                    if rec.extent in visited:
+                        raise ImageError(f"{self.name}: Joliet /{os.fsdecode(path)}: directory cycle")
+                    visited.add(rec.extent)
+                    out.append((path, "d", 0, 0))
+                    stack.append((path + b"/", rec))
+                else:
+                    out.append((path, "f", rec.extent * SECTOR, rec.data_len))
+        return out
+
+    @property
+    def rock_ridge(self) -> bool:
+        """Whether the tree carries Rock Ridge entries."""
+        return self._use_rr
+
+    def read(self, pos: int, n: int) -> bytes:
+        """``n`` bytes at ``pos`` of the image (no further than its size or limit).
+
+        Raises:
+            ImageError: beyond the end, or unreadable.
+        """
+        return self._read(pos, n)
 
     @staticmethod
     def _plain_name(raw: bytes) -> bytes:
