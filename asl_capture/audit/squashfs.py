@@ -357,9 +357,9 @@ class SquashImage:
                         raise ImageError(f"{self.name}: /{os.fsdecode(path)}: directory cycle")
                     visited.add(ref)
                     stack.append((path + b"/", sub))
-                if len(out) > min(self.inode_count * 64, lim.max_paths):
-                    raise ImageError(f"{self.name}: more than {min(self.inode_count * 64, lim.max_paths)} paths "
-                                     f"({self.inode_count} inodes): refused")
+                if len(out) > lim.max_paths:  # hard links: many paths may share one inode
+                    raise ImageError(f"{self.name}: more than {lim.max_paths} paths ({self.inode_count} inodes): "
+                                     f"refused")
         return out
 
     # -- file data -------------------------------------------------------------------------------
