@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from asl_capture.audit import squashcodec, squashfs
+from asl_capture.audit import squashcodec
 from asl_capture.audit.squashfs import SUPERBLOCK, SquashImage
 from asl_capture.errors import ImageError
 
