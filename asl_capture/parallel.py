@@ -3,10 +3,9 @@
 
 Each helper inherits the parent's state copy-on-write (open image descriptors included: ``pread``
 shares no file offset), computes its shard and sends back a pickled result through a pipe. The
-parent computes the first shard itself. A helper that fails sends its error, raised here with its
-class (an :class:`~asl_capture.errors.ImageError` when it cannot be sent); one that dies is an error
-too. A helper dies with its parent (``PR_SET_PDEATHSIG``): a signal that kills the parent leaves no
-helper running. Without ``fork`` (or with one shard), everything runs in the calling process.
+parent computes the first shard itself. A helper that fails sends its error's message, which is
+raised here as :class:`~asl_capture.errors.ImageError`; one that dies is an error too. Without
+``fork`` (or with one shard), everything runs in the calling process.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from asl_capture.errors import AslError, ImageError
-from asl_capture.prctl import die_with_parent
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -37,21 +35,21 @@ class Pending(Generic[_R]):
         """
         helpers, self.helpers = self.helpers, []
         results: list[_R] = []
-        problem: AslError | None = None
+        problem: str | None = None
         for pid, read_fd in helpers:
             with os.fdopen(read_fd, "rb") as pipe:
                 data = pipe.read()
             _, status = os.waitpid(pid, 0)
             if status != 0 or not data:
-                problem = problem or ImageError("a verification helper process died")
+                problem = problem or "a verification helper process died"
                 continue
             ok, value = pickle.loads(data)  # noqa: S301 - our own child's output
             if not ok:
-                problem = problem or (value if isinstance(value, AslError) else ImageError(str(value)))
+                problem = problem or str(value).split(": ", 1)[-1]
                 continue
             results.append(value)
         if problem is not None:
-            raise problem
+            raise ImageError(problem)
         return results
 
     def cancel(self) -> None:
@@ -84,29 +82,17 @@ class _Done(Pending[_R]):
         return self.results
 
 
-def _error_payload(exc: AslError) -> bytes:
-    """The error pickled with its class; its message as an ImageError when it does not pickle back."""
-    try:
-        payload = pickle.dumps((False, exc))
-        pickle.loads(payload)  # noqa: S301 - just made here
-        return payload
-    except (pickle.PickleError, TypeError, AttributeError):
-        return pickle.dumps((False, str(exc)))
-
-
 def _fork(s: _T, work: Callable[[_T], _R]) -> tuple[int, int]:
     read_fd, write_fd = os.pipe()
-    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the helper
         code = 1
         try:
             os.close(read_fd)
-            die_with_parent(parent)
             try:
                 payload = pickle.dumps((True, work(s)))
             except AslError as exc:
-                payload = _error_payload(exc)
+                payload = pickle.dumps((False, f"{type(exc).__name__}: {exc}"))
             with os.fdopen(write_fd, "wb") as pipe:
                 pipe.write(payload)
             code = 0

@@ -1,5 +1,4 @@
-"""Whether this process may be dumped or traced by its user: ``prctl(PR_{SET,GET}_DUMPABLE)``; and
-``prctl(PR_SET_PDEATHSIG)``, so a forked helper dies with its parent.
+"""Whether this process may be dumped or traced by its user: ``prctl(PR_{SET,GET}_DUMPABLE)``.
 
 The standard library has no ``prctl``. It is called through ``_ctypes``, the C half of
 ``ctypes``, with a one-function binding written here: importing ``ctypes`` itself (its Python
@@ -15,7 +14,6 @@ from collections.abc import Callable
 
 from asl_capture.errors import AgentError
 
-PR_SET_PDEATHSIG = 1
 PR_GET_DUMPABLE = 3
 PR_SET_DUMPABLE = 4
 
@@ -56,15 +54,3 @@ def is_dumpable() -> bool:
         return True
     prctl, _get_errno = _prctl()
     return bool(prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))
-
-
-def die_with_parent(parent: int, sig: int = 9) -> None:
-    """``prctl(PR_SET_PDEATHSIG, sig)`` in a forked child: the kernel sends ``sig`` when the parent dies,
-    by any signal. If the parent (pid ``parent``) is already gone, the child exits now. Off Linux, or
-    if the call fails, nothing is set (the helper is still reaped by a parent that lives).
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    prctl, _get_errno = _prctl()
-    if prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) == 0 and os.getppid() != parent:
-        os._exit(1)

@@ -61,7 +61,6 @@ def verify_chain(
     log: Log | None = None,
     manifests: dict[bytes, Manifest] | None = None,
     helpers: int | None = None,
-    linked: Callable[[tuple[StepRecord, ...]], None] | None = None,
 ) -> ChainReport:
     """Verify the chain in a provenance directory against trusted keys.
 
@@ -69,9 +68,6 @@ def verify_chain(
     tree manifest check 5 decoded is left there by digest (callers that read them again save the work).
     ``helpers`` forked processes share checks 2 and 3 (default: one per extra core on a long chain; 0:
     none), with the same result and the same first error either way (:mod:`asl_capture.opening`).
-    ``linked(records)`` is called once checks 1-4 held (every record signed by a trusted key, linked, the
-    checkpoint good), before the objects are checked; a manifest it leaves in ``manifests`` is not
-    decoded again.
 
     Raises:
         StoreError: the directory or its chain is missing (unreadable input).
@@ -144,8 +140,6 @@ def verify_chain(
         del item
     checkpoint = _check_checkpoint(prov, trusted, chain_id, scan.items)
     emit(4, "linkage", f"chain {chain_id.hex()}, seq 0..{len(records) - 1}, every prev matches; {checkpoint}")
-    if linked is not None:
-        linked(tuple(records))
 
     objects = _Objects(ObjectStore(prov), manifests)
     for index, record in enumerate(records):
@@ -264,14 +258,10 @@ class _Objects:
 
     def _manifest(self, digest: bytes, field: str, fail: Callable[[str, str], VerificationError]) -> tuple[int, int]:
         if digest not in self.manifests:
-            manifest = self.keep.get(digest) if self.keep is not None else None
-            if manifest is not None:  # read from the store (digest checked) and decoded by the caller
-                self.checked.add(digest)
-            else:
-                try:
-                    manifest = Manifest.from_cbor(self._read(digest, field, fail))
-                except CborError as exc:
-                    raise fail(field, f"not a version-1 tree manifest: {exc}") from None
+            try:
+                manifest = Manifest.from_cbor(self._read(digest, field, fail))
+            except CborError as exc:
+                raise fail(field, f"not a version-1 tree manifest: {exc}") from None
             self.manifests[digest] = (len(manifest.entries), manifest.files)
             if self.keep is not None:
                 self.keep[digest] = manifest

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 from asl_capture.audit.compare import Seen, differences, summary
 from asl_capture.audit.iso9660 import SYSTEM_AREA, IsoImage, IsoNode
-from asl_capture.audit.isolayout import layout_problems, read_layout, tree_problems
-from asl_capture.audit.limits import Limits
 from asl_capture.audit.recorded import IsoContents, Recorded, relabelled, subtree
+from asl_capture.audit.squashfs import Node, SquashImage, shard
 from asl_capture.errors import CborError, ImageError, VerificationError
 from asl_capture.format import BuildManifest, Entry
 from asl_capture.format.build import BuildSource
+from asl_capture.hashing import available_cpus
+from asl_capture.parallel import Pending, run_shards, start_shards
 
 MAX_BUILD_MANIFEST = 16 << 20
 BUILD_MANIFEST = b"asl/build-manifest.cbor"
@@ -62,15 +63,18 @@ class IsoRead:
     problems: list[str]
 
 
-def read_iso(fd: int, name: str, recorded: Recorded, iso_seq: int, iso_label: bytes, *,
-             size: int | None = None) -> IsoRead:
-    """Read the ISO's tree and the recorded expectation of it: no more than the recorded ``size`` of the
-    image, no more paths than the record allows room for.
+def read_iso(fd: int, name: str, recorded: Recorded, iso_seq: int, iso_label: bytes) -> IsoRead:
+    """Read the ISO's tree and the recorded expectation of it.
 
     Raises:
         VerificationError: the ISO cannot be read, or the step stored no contents record.
     """
     contents = recorded.contents(iso_seq, iso_label)
+    try:
+        image = IsoImage(fd, name=os.path.basename(name))
+        nodes = {n.path: n for n in image.walk()}
+    except ImageError as exc:
+        raise VerificationError(str(exc), check="iso-files", record=iso_seq) from None
     tree = subtree(recorded.outputs(iso_seq), contents.tree)
     if not tree:
         raise VerificationError(f"the recorded outputs hold no tree {os.fsdecode(contents.tree)}", check="iso-files",
@@ -83,11 +87,6 @@ def read_iso(fd: int, name: str, recorded: Recorded, iso_seq: int, iso_label: by
         expected.pop(path, None)
     for e in contents.added:
         expected[e.path] = seen_from_entry(e)
-    try:
-        image = IsoImage(fd, name=os.path.basename(name), limit=size)
-        nodes = {n.path: n for n in image.walk(Limits.from_record({}, list(expected)))}
-    except ImageError as exc:
-        raise VerificationError(str(exc), check="iso-files", record=iso_seq) from None
     return IsoRead(fd=fd, name=name, image=image, nodes=nodes, contents=contents, expected=expected, digests={},
                    iso_seq=iso_seq, problems=[])
 
@@ -101,28 +100,15 @@ def check_iso_files(r: IsoRead) -> str:
     found = {p: _found(n) for p, n in r.nodes.items()}
     problems = differences(r.expected, found, hashed=False)
     bad = {line.split(": ", 1)[0] for line in problems}
-    by_extents: dict[tuple[tuple[int, int], ...], bytes] = {}  # two names of one extent: hashed once
     try:
         for path, node in r.nodes.items():
             if node.kind == "f" and ("/" + os.fsdecode(path)) not in bad:
-                digest = by_extents.get(node.extents)
-                if digest is None:
-                    digest = by_extents[node.extents] = r.image.extent_digest(node)
-                r.digests[path] = digest
-                found[path] = _found(node, digest)
+                r.digests[path] = r.image.extent_digest(node)
+                found[path] = _found(node, r.digests[path])
         area = hashlib.sha256(os.pread(r.fd, SYSTEM_AREA, 0)).digest()
     except (ImageError, OSError) as exc:
         raise VerificationError(f"cannot read the ISO: {exc}", check="iso-files", record=r.iso_seq) from None
     problems = differences(r.expected, found)
-    try:
-        layout, joliet, hfs = read_layout(r.image, r.nodes, os.fstat(r.fd).st_size,
-                                          Limits.from_record({}, list(r.expected)))
-    except (ImageError, OSError) as exc:
-        raise VerificationError(f"cannot read the ISO's other trees or boot records: {exc}", check="iso-files",
-                                record=r.iso_seq) from None
-    problems += tree_problems(r.nodes, joliet, hfs)
-    if r.contents.layout is not None:
-        problems += layout_problems(layout, r.contents.layout, r.fd, r.image.size)
     if area != r.contents.system_area:
         problems.insert(0, f"system area (first 32 KiB, the boot code and partition tables): sha256 "
                            f"{area.hex()} found, {r.contents.system_area.hex()} recorded")
@@ -130,13 +116,8 @@ def check_iso_files(r: IsoRead) -> str:
         raise VerificationError(summary(problems, "the ISO's files"), check="iso-files", record=r.iso_seq)
     added = len(r.contents.added)
     files = sum(1 for n in r.nodes.values() if n.kind == "f")
-    other = "".join(f", {t} ({n} names)" for t, n in (("Joliet", len(joliet)), ("HFS+", len(hfs))) if n)
-    layout_note = (f"; volume descriptors ({len(layout.descriptors)}), El Torito catalog and {len(layout.boot)} boot "
-                   f"image(s), regions outside the files (tail, backup GPT) as recorded"
-                   if r.contents.layout is not None else "; (a version-1 record: layout not recorded)")
     return (f"{len(r.nodes)} paths ({files} files) = recorded tree {os.fsdecode(r.contents.tree)} + {added} "
-            f"added by the ISO tool (record {r.iso_seq}), same bytes{other} naming Rock Ridge paths; system area "
-            f"matches{layout_note}")
+            f"added by the ISO tool (record {r.iso_seq}), same bytes; system area matches")
 
 
 def iso_file_bytes(r: IsoRead, path: bytes, limit: int) -> bytes:
@@ -216,3 +197,101 @@ def check_build_manifest(r: IsoRead, recorded: Recorded) -> tuple[str, bytes]:
     return (f"sha256 {identity.hex()} recorded by step {record.step!r}; sources ({len(rows)}), system tree, "
             f"overlay ({os.fsdecode(matches[0])}), files and source_date_epoch agree with the chain; "
             f"{doc.name} {doc.version}"), identity
+
+
+def _hash_shard(image: SquashImage, files: list[Node], indexes: list[int]) -> list[tuple[int, bytes | str]]:
+    out: list[tuple[int, bytes | str]] = []
+    for i in indexes:
+        data = files[i].data
+        assert data is not None
+        try:
+            out.append((i, image.file_digest(data)))
+        except ImageError as exc:
+            out.append((i, str(exc)))
+    return out
+
+
+@dataclass
+class SquashPrefetch:
+    """The squashfs image of the ISO, walked and being hashed by helper processes while the other checks
+    run (reading an image needs no record; what it must equal is decided in check 4)."""
+
+    path: bytes
+    image: SquashImage
+    nodes: list[Node]
+    files: list[Node]
+    pending: Pending[list[tuple[int, bytes | str]]]
+
+    @classmethod
+    def start(cls, fd: int, *, workers: int | None = None) -> SquashPrefetch | None:
+        """Start hashing the ISO's one ``*.squashfs`` file; None when there is not exactly one or it cannot
+        be read (check 4 then reads it itself and reports why)."""
+        try:
+            iso = IsoImage(fd)
+            found = [n for n in iso.walk() if n.kind == "f" and n.path.endswith(b".squashfs")]
+            if len(found) != 1:
+                return None
+            start, length = iso.file_extent(found[0])
+            image = SquashImage(fd, offset=start, length=length, name=f"/{os.fsdecode(found[0].path)}")
+            nodes = image.walk()
+        except ImageError:
+            return None
+        files = [n for n in nodes if n.kind == "f"]
+        parts = shard(image, files, workers if workers is not None else available_cpus())
+        pending = start_shards(parts, lambda part: _hash_shard(image, files, part))
+        return cls(found[0].path, image, nodes, files, pending)
+
+
+def check_squashfs(r: IsoRead, recorded: Recorded, *, workers: int | None = None,
+                   prefetch: SquashPrefetch | None = None) -> str:
+    """Check 4: the squashfs system image equals the recorded system tree, owners included."""
+    seq = r.iso_seq
+    c = r.contents
+    node = r.nodes.get(c.squashfs_path)
+    where = f"/{os.fsdecode(c.squashfs_path)}"
+    if node is None or node.kind != "f":
+        raise VerificationError(f"{where} is not in the ISO", check="squashfs", record=seq)
+    tree = subtree(recorded.inputs(seq), c.squashfs_tree)
+    if not tree:
+        raise VerificationError(f"step {recorded.records[seq].step!r} read no tree {os.fsdecode(c.squashfs_tree)}",
+                                check="squashfs", record=seq)
+    try:
+        if prefetch is not None and prefetch.path == c.squashfs_path:
+            image, nodes, files = prefetch.image, prefetch.nodes, prefetch.files
+            results = prefetch.pending.collect()
+        else:
+            start, length = r.image.file_extent(node)
+            image = SquashImage(r.fd, offset=start, length=length, name=where)
+            nodes = image.walk()
+            files = [n for n in nodes if n.kind == "f"]
+            parts = shard(image, files, workers if workers is not None else available_cpus())
+            results = run_shards(parts, lambda part: _hash_shard(image, files, part))
+    except ImageError as exc:
+        raise VerificationError(str(exc), check="squashfs", record=seq) from None
+    expected: dict[bytes, Seen] = {}
+    for path, e in tree.items():
+        s = seen_from_entry(e)
+        expected[path] = Seen(s.kind, s.mode, s.size, s.digest, s.target, s.rdev, c.owners.get(path, (0, 0)))
+    found: dict[bytes, Seen] = {}
+    xattrs: list[str] = []
+    for n in nodes:
+        found[n.path] = Seen(n.kind, n.mode, n.size, target=n.target, rdev=n.rdev, owner=(n.uid, n.gid))
+        if n.xattrs:
+            xattrs.append(f"{where}/{os.fsdecode(n.path)}: extended attributes present, none recorded")
+    problems: list[str] = []
+    for part in results:
+        for i, digest in part:
+            n = files[i]
+            if isinstance(digest, str):
+                problems.append(f"/{os.fsdecode(n.path)}: {digest}")
+            else:
+                found[n.path] = Seen(n.kind, n.mode, n.size, digest=digest, owner=(n.uid, n.gid))
+    problems = sorted(set(problems) | set(differences(expected, found))) + xattrs
+    if problems:
+        raise VerificationError(summary(problems, f"the squashfs {where} (paths relative to its root)"),
+                                check="squashfs", record=seq)
+    total = sum(n.size for n in files)
+    owned = sum(1 for n in nodes if (n.uid, n.gid) != (0, 0))
+    return (f"{where} ({image.compression}): {len(nodes)} paths ({len(files)} files, {total} bytes) = recorded tree "
+            f"{os.fsdecode(c.squashfs_tree)}: types, modes incl. set-id bits, owners ({owned} not 0:0), sizes, "
+            f"digests, symlink targets, device numbers")

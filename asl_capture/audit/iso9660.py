@@ -17,7 +17,6 @@ import hashlib
 import os
 import struct
 
-from asl_capture.audit.limits import MAX_NAME, Limits
 from asl_capture.errors import ImageError
 from asl_capture.frozen import frozen
 
@@ -26,7 +25,6 @@ SYSTEM_AREA = 16 * SECTOR
 MAX_DIRECTORY = 16 << 20
 MAX_PATHS = 1_000_000
 MAX_CE_HOPS = 64
-MAX_SYMLINK = 4096
 _S_IFMT = 0o170000
 _KINDS = {0o100000: "f", 0o040000: "d", 0o120000: "l", 0o020000: "c", 0o060000: "b", 0o010000: "p",
           0o140000: "s"}
@@ -69,38 +67,28 @@ class _Rec:
 class IsoImage:
     """An ISO 9660 image in the open file ``fd``."""
 
-    def __init__(self, fd: int, *, name: str = "ISO", limit: int | None = None) -> None:
-        """``limit``: read no byte at or beyond it (the recorded size of the image)."""
+    def __init__(self, fd: int, *, name: str = "ISO") -> None:
         self.fd = fd
         self.name = name
         try:
             self.size = os.fstat(fd).st_size
         except OSError as exc:
             raise ImageError(f"{name}: cannot stat: {exc.strerror}") from None
-        if limit is not None:
-            self.size = min(self.size, limit)
-        #: each Rock Ridge continuation area, and the directory record (its byte offset) it continues
-        self._continued: dict[tuple[int, int], int] = {}
         if self.size < SYSTEM_AREA + 2 * SECTOR:
             raise ImageError(f"{name}: {self.size} bytes is too small for an ISO 9660 image")
         self.root: _Rec | None = None
-        self.joliet_root: _Rec | None = None
-        #: every volume descriptor of the set at sector 16: (sector, type, its 2048 bytes)
-        self.descriptors: list[tuple[int, int, bytes]] = []
         for index in range(16, 16 + 64):
             vd = self._read(index * SECTOR, SECTOR)
             if vd[1:6] != b"CD001":
                 raise ImageError(f"{name}: not an ISO 9660 image (no volume descriptor at sector {index})")
-            self.descriptors.append((index, vd[0], vd))
-            if vd[0] == 1 and self.root is None:
+            if vd[0] == 1:
                 (block_size,) = struct.unpack_from("<H", vd, 128)
                 if block_size != SECTOR:
                     raise ImageError(f"{name}: logical block size {block_size} is not supported")
                 self.volume_id = vd[40:72].rstrip(b" ").decode("ascii", "replace")
                 self.root = self._record(vd, 156, 34)
-            elif vd[0] == 2 and vd[88:91] in (b"%/@", b"%/C", b"%/E") and self.joliet_root is None:
-                self.joliet_root = self._record(vd, 156, 34)
-            elif vd[0] == 255:
+                break
+            if vd[0] == 255:
                 break
         if self.root is None:
             raise ImageError(f"{name}: no primary volume descriptor")
@@ -121,8 +109,7 @@ class IsoImage:
             raise ImageError(f"{self.name}: truncated at offset {pos}")
         return data
 
-    def _record(self, buf: bytes, pos: int, length: int, where: int = -1) -> _Rec:
-        """The directory record at ``pos`` of ``buf`` (``where``: its byte offset in the image)."""
+    def _record(self, buf: bytes, pos: int, length: int) -> _Rec:
         if length < 34 or pos + length > len(buf):
             raise ImageError(f"{self.name}: corrupt directory record")
         rec = _Rec()
@@ -135,10 +122,10 @@ class IsoImage:
         rec.name = buf[pos + 33:pos + 33 + name_len]
         su_start = 33 + name_len + (1 - name_len % 2)
         if su_start < length:
-            self._susp(rec, buf[pos + su_start:pos + length], where)
+            self._susp(rec, buf[pos + su_start:pos + length])
         return rec
 
-    def _susp(self, rec: _Rec, area: bytes, where: int) -> None:
+    def _susp(self, rec: _Rec, area: bytes) -> None:
         """Apply the System Use entries (Rock Ridge) of ``area`` and its continuation areas to ``rec``."""
         nm: list[bytes] = []
         sl: list[bytes] = []
@@ -165,8 +152,6 @@ class IsoImage:
                     if flags & 0x06:
                         rec.skip = True
                     nm.append(data[1:])
-                    if sum(len(piece) for piece in nm) > MAX_NAME:
-                        raise ImageError(f"{self.name}: a Rock Ridge name longer than {MAX_NAME} bytes: refused")
                 elif sig == b"SL" and data:
                     rec.rr = True
                     comps = data[1:]
@@ -188,9 +173,6 @@ class IsoImage:
                         else:
                             sl.append(piece)
                         sl_partial = bool(cflags & 0x01)
-                    if sum(len(piece) + 1 for piece in sl) > MAX_SYMLINK:
-                        raise ImageError(f"{self.name}: a Rock Ridge symlink target longer than {MAX_SYMLINK} "
-                                         f"bytes: refused")
                 elif sig == b"PN" and len(data) >= 16:
                     (high,) = struct.unpack_from("<I", data, 0)
                     (low,) = struct.unpack_from("<I", data, 8)
@@ -215,10 +197,6 @@ class IsoImage:
             hops += 1
             if hops > MAX_CE_HOPS or ce[2] > SECTOR:
                 raise ImageError(f"{self.name}: absurd Rock Ridge continuation area")
-            owner = self._continued.setdefault((ce[0], ce[1]), where)
-            if owner != where:  # a chain is read once: one record's continuation is no other record's
-                raise ImageError(f"{self.name}: Rock Ridge continuation area at sector {ce[0]} (offset {ce[1]}) "
-                                 f"continues two directory records: refused")
             area = self._read(ce[0] * SECTOR + ce[1], ce[2])
         if nm:
             rec.name = b"".join(nm)
@@ -241,22 +219,19 @@ class IsoImage:
                 continue
             if pos % SECTOR + length > SECTOR:
                 raise ImageError(f"{self.name}: /{os.fsdecode(path)}: directory record crosses a sector")
-            out.append(self._record(buf, pos, length, d.extent * SECTOR + pos))
+            out.append(self._record(buf, pos, length))
             if first_only:
                 break
             pos += length
         return out
 
-    def walk(self, limits: Limits | None = None) -> list[IsoNode]:
-        """Every path of the ISO (the root is ``.``), Rock Ridge names and modes when present, within
-        ``limits`` (paths: count, length, total bytes).
+    def walk(self) -> list[IsoNode]:
+        """Every path of the ISO (the root is ``.``), Rock Ridge names and modes when present.
 
         Raises:
             ImageError: the image is corrupt or truncated, or claims absurd sizes.
         """
         assert self.root is not None
-        lim = limits if limits is not None else Limits(max_paths=MAX_PATHS)
-        budget = lim.max_path_bytes
         out: list[IsoNode] = [IsoNode(b".", "d", self._mode(self.root, "d"), 0)]
         root_recs = self._dir_records(self.root, b".", first_only=True)
         if root_recs:
@@ -287,10 +262,6 @@ class IsoImage:
                     raise ImageError(f"{self.name}: /{os.fsdecode(prefix + name)}: name appears twice")
                 seen.add(name)
                 path = prefix + name
-                budget -= len(path)
-                if len(path) > lim.max_path or budget < 0:
-                    raise ImageError(f"{self.name}: /{os.fsdecode(path[:64])}...: a path of {len(path)} bytes "
-                                     f"(more than {lim.max_path}) or more path bytes than the record allows: refused")
                 is_dir = bool(rec.flags & 0x02)
                 kind = "d" if is_dir else "f"
                 if rec.mode is not None:
@@ -319,55 +290,11 @@ class IsoImage:
                 else:
                     out.append(IsoNode(path, kind, mode, 0, rdev=rec.rdev, uid=rec.uid, gid=rec.gid))
                 extents = []
-                if len(out) > min(MAX_PATHS, lim.max_paths):
-                    raise ImageError(f"{self.name}: more than {min(MAX_PATHS, lim.max_paths)} paths: refused")
+                if len(out) > MAX_PATHS:
+                    raise ImageError(f"{self.name}: more than {MAX_PATHS} paths: refused")
             if pending is not None:
                 raise ImageError(f"{self.name}: /{os.fsdecode(prefix)}: multi-extent file without its last part")
         return out
-
-    def joliet(self, limits: Limits) -> list[tuple[bytes, str, int, int]]:
-        """The Joliet tree, when the image has one: (path, ``d`` or ``f``, data offset, size) of each
-        path (names decoded from UCS-2, version suffix dropped), within ``limits``.
-
-        Raises:
-            ImageError: the tree is corrupt, cyclic or beyond ``limits``.
-        """
-        if self.joliet_root is None:
-            return []
-        out: list[tuple[bytes, str, int, int]] = [(b".", "d", 0, 0)]
-        visited = {self.joliet_root.extent}
-        stack: list[tuple[bytes, _Rec]] = [(b"", self.joliet_root)]
-        while stack:
-            prefix, d = stack.pop()
-            for rec in self._dir_records(d, prefix or b".")[2:]:
-                name = os.fsencode(rec.name.decode("utf-16-be", "replace").split(";", 1)[0])
-                if not name or name in (b".", b"..") or b"/" in name:
-                    raise ImageError(f"{self.name}: Joliet /{os.fsdecode(prefix)}: invalid name {name!r}")
-                path = prefix + name
-                if len(path) > limits.max_path or len(out) > limits.max_paths:
-                    raise ImageError(f"{self.name}: Joliet tree beyond the record's path limits: refused")
-                if rec.flags & 0x02:
-                    if rec.extent in visited:
-                        raise ImageError(f"{self.name}: Joliet /{os.fsdecode(path)}: directory cycle")
-                    visited.add(rec.extent)
-                    out.append((path, "d", 0, 0))
-                    stack.append((path + b"/", rec))
-                else:
-                    out.append((path, "f", rec.extent * SECTOR, rec.data_len))
-        return out
-
-    @property
-    def rock_ridge(self) -> bool:
-        """Whether the tree carries Rock Ridge entries."""
-        return self._use_rr
-
-    def read(self, pos: int, n: int) -> bytes:
-        """``n`` bytes at ``pos`` of the image (no further than its size or limit).
-
-        Raises:
-            ImageError: beyond the end, or unreadable.
-        """
-        return self._read(pos, n)
 
     @staticmethod
     def _plain_name(raw: bytes) -> bytes:

@@ -33,9 +33,8 @@ from typing import TYPE_CHECKING
 
 from asl_capture.audit import checks
 from asl_capture.audit.recorded import Recorded
-from asl_capture.audit.squashcheck import SquashPrefetch, check_squashfs
 from asl_capture.errors import AslError, ImageError, VerificationError
-from asl_capture.format import Manifest, StepRecord
+from asl_capture.format import Manifest
 from asl_capture.parallel import Pending, start_shards
 from asl_capture.verdict import Check, ChecksFailed, all_passed, failed
 from asl_capture.verify import ChainReport, verify_chain
@@ -45,9 +44,6 @@ if TYPE_CHECKING:
 
 CHECKS = ("chain", "iso-digest", "iso-files", "squashfs", "closure", "debian", "build-manifest")
 QUICK = ("chain", "iso-digest", "iso-files", "build-manifest")
-#: The order the checks run in: check 4 last, so its helpers hash the system image while 5-7 run here
-#: (each check is still reported in its number's order).
-RUN_ORDER = ("chain", "iso-digest", "iso-files", "closure", "build-manifest", "debian", "squashfs")
 JSON_SCHEMA = "asl-verify/iso/1"
 
 
@@ -106,12 +102,10 @@ class _State:
     recorded: Recorded | None = None
     iso_seq: int | None = None
     iso_label: bytes | None = None
-    iso_size: int | None = None
-    hashed: int | None = None
     sha256: bytes | None = None
     identity: bytes | None = None
     image: checks.IsoRead | None = None
-    prefetch: SquashPrefetch | None = None
+    prefetch: checks.SquashPrefetch | None = None
     debian: Pending[_Outcome] | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -126,7 +120,7 @@ def verify_iso(
 ) -> IsoReport:
     """Verify ``iso`` against the chain in ``provenance`` signed by ``trusted`` keys.
 
-    ``log(check)`` is called for each check in numeric order, as soon as it and those before it finished.
+    ``log(check)`` is called as each check finishes, in order.
 
     Raises:
         ImageError: the ISO cannot be opened at all (missing, not a regular file).
@@ -139,30 +133,19 @@ def verify_iso(
     state = _State(iso=iso)
     fd = _open(iso)
     done: list[Check] = []
-    finished: dict[str, Check] = {}
-
-    def finish(check: Check) -> None:  # emitted in numeric order, whatever order they ran in
-        finished[check.name] = check
-        while len(done) < len(wanted) and wanted[len(done)] in finished:
-            done.append(finished[wanted[len(done)]])
-            emit(done[-1])
-
+    # the system image is hashed by helper processes while checks 1-3 run (it needs no record to be read)
+    state.prefetch = None if opts.quick else checks.SquashPrefetch.start(fd, workers=opts.workers)
     try:
         chain_report: ChainReport | None = None
-        for name in [n for n in RUN_ORDER if n in wanted]:
+        for name in wanted:
             number = CHECKS.index(name) + 1
             try:
                 if name == "chain":
                     manifests: dict[bytes, Manifest] = {}
-
-                    def linked(records: tuple[StepRecord, ...], kept: dict[bytes, Manifest] = manifests) -> None:
-                        signed = Recorded(provenance, None, kept, records)
-                        if "debian" in wanted:  # its gpgv runs and index reads overlap the rest of check 1 and 2-5
-                            state.debian = _start_debian(signed, opts.debian_keyrings)
-                        _early(fd, signed, state, opts)
-
-                    chain_report = verify_chain(provenance, trusted, manifests=manifests, linked=linked)
+                    chain_report = verify_chain(provenance, trusted, manifests=manifests)
                     state.recorded = Recorded(provenance, chain_report, manifests)
+                    if "debian" in wanted:  # its gpgv runs and index reads overlap checks 2-5
+                        state.debian = _start_debian(state.recorded, opts.debian_keyrings)
                     detail = (f"{len(chain_report.records)} records signed by {len(chain_report.kids)} trusted "
                               f"key(s), every step ok, head seq {chain_report.head_seq}")
                 elif state.recorded is None:
@@ -174,10 +157,13 @@ def verify_iso(
                 check = Check(number, name, False, _message(exc), exc.record)
             except ImageError as exc:
                 check = Check(number, name, False, f"{iso}: {exc}")
-            finish(check)
+            done.append(check)
+            emit(check)
             if name == "chain" and not check.ok and chain_report is None:
                 for rest in wanted[1:]:
-                    finish(Check(CHECKS.index(rest) + 1, rest, False, "not checked: the chain did not verify"))
+                    skipped = Check(CHECKS.index(rest) + 1, rest, False, "not checked: the chain did not verify")
+                    done.append(skipped)
+                    emit(skipped)
                 break
     finally:
         if state.prefetch is not None:
@@ -202,32 +188,14 @@ def _message(exc: VerificationError) -> str:
 
 
 def _open(iso: Path) -> int:
-    """The ISO opened for reading: refused unless a regular file, checked before it is opened (a FIFO
-    would block ``open``) and again on the descriptor, opened with ``O_NONBLOCK``."""
     try:
-        st = os.stat(iso)
+        fd = os.open(iso, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as exc:
         raise ImageError(f"{iso}: cannot open the ISO: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ImageError(f"{iso}: not a regular file ({_kind(st.st_mode)}): refused")
-    try:
-        fd = os.open(iso, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError as exc:
-        raise ImageError(f"{iso}: cannot open the ISO: {exc.strerror}") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise ImageError(f"{iso}: not a regular file ({_kind(st.st_mode)}): refused")
-    os.set_blocking(fd, True)
+        raise ImageError(f"{iso}: not a regular file")
     return fd
-
-
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "not a file"
 
 
 def _run(name: str, fd: int, state: _State, opts: IsoOptions) -> str:
@@ -246,11 +214,7 @@ def _run(name: str, fd: int, state: _State, opts: IsoOptions) -> str:
     if state.iso_seq is None or state.iso_label is None:
         raise VerificationError("not checked: the chain records no ISO", check=name)
     if name == "iso-files":
-        if state.image is None or (state.image.iso_seq, state.image.contents.iso) != (state.iso_seq, state.iso_label):
-            state.image = checks.read_iso(fd, str(state.iso), recorded, state.iso_seq, state.iso_label,
-                                          size=state.iso_size)
-        if not opts.quick and state.prefetch is None:  # hashed by helper processes while checks 3, 5-7 run
-            state.prefetch = SquashPrefetch.start(state.image, recorded, workers=opts.workers)
+        state.image = checks.read_iso(fd, str(state.iso), recorded, state.iso_seq, state.iso_label)
         return checks.check_iso_files(state.image)
     if state.image is None:
         raise VerificationError("not checked: the ISO's files could not be read", check=name)
@@ -258,61 +222,28 @@ def _run(name: str, fd: int, state: _State, opts: IsoOptions) -> str:
         detail, state.identity = checks.check_build_manifest(state.image, recorded)
         return detail
     if name == "squashfs":
-        prefetch, state.prefetch = state.prefetch, None
-        return check_squashfs(state.image, recorded, workers=opts.workers, prefetch=prefetch)
+        return checks.check_squashfs(state.image, recorded, workers=opts.workers, prefetch=state.prefetch)
     raise AssertionError(name)
 
 
-def _hash(fd: int, size: int) -> bytes:
+def _iso_digest(fd: int, state: _State, recorded: Recorded) -> str:
     h = hashlib.sha256()
+    size = 0
     pos = 0
-    while pos < size:
+    while True:
         try:
-            chunk = os.pread(fd, min(8 << 20, size - pos), pos)
+            chunk = os.pread(fd, 8 << 20, pos)
         except OSError as exc:
             raise ImageError(f"cannot read: {exc.strerror}") from None
         if not chunk:
             break
         h.update(chunk)
         pos += len(chunk)
-    return h.digest()
-
-
-def _early(fd: int, signed: Recorded, state: _State, opts: IsoOptions) -> None:
-    """Called inside check 1 once every record's signature and linkage held (its objects are checked
-    next): when the ISO has the size and then the digest a signed record gives it, the ISO is read and
-    the system image's hashing started now, so it overlaps the rest of check 1. Anything else (another
-    size or digest, any error) leaves the work to checks 2-4, which report it."""
-    try:
-        size = os.fstat(fd).st_size
-        if size not in signed.iso_sizes():
-            return
-        state.sha256, state.hashed = _hash(fd, size), size
-        seq, entry = signed.find_iso(str(state.iso), state.sha256)
-        if entry.extra != state.sha256:
-            return
-        state.image = checks.read_iso(fd, str(state.iso), signed, seq, entry.path, size=entry.size)
-        if not opts.quick:
-            state.prefetch = SquashPrefetch.start(state.image, signed, workers=opts.workers)
-    except AslError:
-        state.image = None
-
-
-def _iso_digest(fd: int, state: _State, recorded: Recorded) -> str:
-    """Check 2: the size the record gives is compared before a byte is hashed; only the recorded number
-    of bytes is ever read."""
-    size = os.fstat(fd).st_size
-    sizes = recorded.iso_sizes()
-    if size not in sizes:
-        seq, entry = recorded.find_iso(str(state.iso), None)
-        state.iso_seq, state.iso_label, state.iso_size = seq, entry.path, entry.size
-        raise VerificationError(
-            f"{size} bytes, but the {os.fsdecode(entry.path)} that step {recorded.records[seq].step!r} recorded "
-            f"is {entry.size} bytes: another build, or changed bytes (not hashed)", check="iso-digest", record=seq)
-    digest = state.sha256 if state.sha256 is not None and state.hashed == size else _hash(fd, size)
+        size += len(chunk)
+    digest = h.digest()
     state.sha256 = digest
     seq, entry = recorded.find_iso(str(state.iso), digest)
-    state.iso_seq, state.iso_label, state.iso_size = seq, entry.path, entry.size
+    state.iso_seq, state.iso_label = seq, entry.path
     step = recorded.records[seq].step
     if entry.extra != digest:
         extra = entry.extra if isinstance(entry.extra, bytes) else b""

@@ -19,40 +19,7 @@ from asl_capture.store import ObjectStore, ProvenanceDir
 from asl_capture.verify import ChainReport
 
 CONTENTS_TYPE = "asl-iso-contents"
-#: The version written; version 1 records (no hard links, squashfs make-up or layout) still verify.
-CONTENTS_VERSION = 2
-_V1_KEYS = {"v", "type", "iso", "tree", "added", "removed", "system_area", "squashfs"}
-_V1_SQUASHFS = {"path", "tree", "owners", "compression"}
-_V2_SQUASHFS = _V1_SQUASHFS | {"block_size", "flags", "options", "links"}
-_LAYOUT = {"size", "descriptors", "boot", "trees", "regions"}
-
-
-@frozen
-class BootImage:
-    """One El Torito boot entry: platform id, emulation, load sector, 512-byte sectors loaded, the ISO
-    path whose data starts at that sector (empty when none), SHA-256 of the bytes loaded."""
-
-    platform: int
-    emulation: int
-    rba: int
-    sectors: int
-    path: bytes
-    sha256: bytes
-
-
-@frozen
-class Layout:
-    """What an ISO holds beside its file tree (ISO-contents version 2): its size, every volume descriptor
-    (sector, type, SHA-256), the El Torito catalog (sector, SHA-256) and images, the directory trees it
-    carries (``iso9660``, ``rockridge``, ``joliet``, ``hfsplus``) and named regions of bytes that are no
-    file's data (name, start, length, SHA-256)."""
-
-    size: int
-    descriptors: tuple[tuple[int, int, bytes], ...]
-    catalog: tuple[int, bytes] | None
-    boot: tuple[BootImage, ...]
-    trees: tuple[str, ...]
-    regions: tuple[tuple[str, int, int, bytes], ...]
+CONTENTS_VERSION = 1
 
 
 @frozen
@@ -76,12 +43,6 @@ class IsoContents:
     compression: str
     seq: int
     digest: bytes
-    version: int = 1
-    squashfs_block_size: int | None = None
-    squashfs_flags: int | None = None
-    squashfs_options: bytes | None = None
-    links: tuple[tuple[bytes, ...], ...] | None = None
-    layout: Layout | None = None
 
 
 def subtree(manifest: Manifest, label: bytes) -> dict[bytes, Entry]:
@@ -106,19 +67,14 @@ def relabelled(entries: dict[bytes, Entry]) -> Manifest:
 
 @dataclass
 class Recorded:
-    """Read access to the records and objects of a verified chain (or, with ``signed``, of records whose
-    signatures and linkage held while the objects are still being checked)."""
+    """Read access to the records and objects of a verified chain."""
 
     prov: Path
-    report: ChainReport | None
+    report: ChainReport
     manifests: dict[bytes, Manifest] = field(default_factory=dict)
-    signed: tuple[StepRecord, ...] | None = None
 
     @property
     def records(self) -> tuple[StepRecord, ...]:
-        if self.signed is not None:
-            return self.signed
-        assert self.report is not None
         return self.report.records
 
     @property
@@ -162,7 +118,13 @@ class Recorded:
         parents = {r.parent for r in self.records if r.parent is not None}
         return [r.seq for r in self.records if r.id not in parents]
 
-    def _isos(self) -> dict[bytes, tuple[int, Entry]]:
+    def find_iso(self, name: str, digest: bytes) -> tuple[int, Entry]:
+        """The record and output entry of the recorded ISO that ``name``/``digest`` should be: the one
+        with this digest, else the one with this file name, else the only ``.iso`` output.
+
+        Raises:
+            VerificationError: the chain records no ISO, or several and none matches.
+        """
         latest: dict[bytes, tuple[int, Entry]] = {}
         for seq in self.steps():
             for e in self.outputs(seq).entries:
@@ -170,26 +132,8 @@ class Recorded:
                     latest[e.path] = (seq, e)
         if not latest:
             raise VerificationError("no step of this chain recorded an .iso output", check="iso-digest")
-        return latest
-
-    def iso_sizes(self) -> set[int]:
-        """The sizes of the ISOs the chain recorded.
-
-        Raises:
-            VerificationError: the chain records no ISO.
-        """
-        return {e.size for _seq, e in self._isos().values()}
-
-    def find_iso(self, name: str, digest: bytes | None) -> tuple[int, Entry]:
-        """The record and output entry of the recorded ISO that ``name``/``digest`` should be: the one
-        with this digest, else the one with this file name, else the only ``.iso`` output.
-
-        Raises:
-            VerificationError: the chain records no ISO, or several and none matches.
-        """
-        latest = self._isos()
         for seq, e in latest.values():
-            if digest is not None and e.extra == digest:
+            if e.extra == digest:
                 return seq, e
         named = [v for p, v in latest.items() if os.path.basename(p) == os.fsencode(os.path.basename(name))]
         if len(named) == 1:
@@ -239,60 +183,11 @@ def _int(value: dcbor.Value, where: str) -> int:
     return value
 
 
-def _list(value: dcbor.Value, where: str) -> list[dcbor.Value]:
-    if not isinstance(value, list):
-        raise CborError(f"{where}: expected an array")
-    return value
-
-
-def _digest(value: dcbor.Value, where: str) -> bytes:
-    if not isinstance(value, bytes) or len(value) != 32:
-        raise CborError(f"{where}: expected a SHA-256 digest")
-    return value
-
-
-def _row(value: dcbor.Value, n: int, where: str) -> list[dcbor.Value]:
-    row = _list(value, where)
-    if len(row) != n:
-        raise CborError(f"{where}: expected rows of {n}")
-    return row
-
-
-def _parse_layout(value: dcbor.Value) -> Layout:
-    if not isinstance(value, dict) or set(value) != _LAYOUT:
-        raise CborError(f"layout: expected {sorted(_LAYOUT)}")
-    descriptors = []
-    for item in _list(value["descriptors"], "layout.descriptors"):
-        r = _row(item, 3, "layout.descriptors")
-        descriptors.append((_int(r[0], "sector"), _int(r[1], "type"), _digest(r[2], "descriptor sha256")))
-    catalog: tuple[int, bytes] | None = None
-    images: list[BootImage] = []
-    boot = value["boot"]
-    if boot is not None:
-        if not isinstance(boot, dict) or set(boot) != {"catalog", "sha256", "images"}:
-            raise CborError("layout.boot: expected catalog, sha256 and images")
-        catalog = (_int(boot["catalog"], "catalog"), _digest(boot["sha256"], "catalog sha256"))
-        for item in _list(boot["images"], "layout.boot.images"):
-            r = _row(item, 6, "layout.boot.images")
-            images.append(BootImage(_int(r[0], "platform"), _int(r[1], "emulation"), _int(r[2], "rba"),
-                                    _int(r[3], "sectors"), _raw(r[4], "boot path"), _digest(r[5], "boot sha256")))
-    trees = tuple(str(t) for t in _list(value["trees"], "layout.trees"))
-    regions = []
-    for item in _list(value["regions"], "layout.regions"):
-        r = _row(item, 4, "layout.regions")
-        if not isinstance(r[0], str):
-            raise CborError("layout.regions: expected a name")
-        regions.append((r[0], _int(r[1], "start"), _int(r[2], "length"), _digest(r[3], "region sha256")))
-    return Layout(size=_int(value["size"], "layout.size"), descriptors=tuple(descriptors), catalog=catalog,
-                  boot=tuple(images), trees=trees, regions=tuple(regions))
-
-
 def _parse_contents(value: dict[str, dcbor.Value], seq: int, digest: bytes) -> IsoContents:
     try:
-        version = value.get("v")
-        keys = _V1_KEYS if version == 1 else _V1_KEYS | {"layout"}
-        if version not in (1, 2) or set(value) != keys:
-            raise CborError(f"fields {sorted(value)} are not those of version 1 or 2")
+        keys = {"v", "type", "iso", "tree", "added", "removed", "system_area", "squashfs"}
+        if set(value) != keys or value["v"] != CONTENTS_VERSION:
+            raise CborError(f"fields {sorted(value)} are not those of version {CONTENTS_VERSION}")
         added_raw = value["added"]
         if not isinstance(added_raw, list):
             raise CborError("added: expected an array")
@@ -301,18 +196,8 @@ def _parse_contents(value: dict[str, dcbor.Value], seq: int, digest: bytes) -> I
         if not isinstance(removed_raw, list):
             raise CborError("removed: expected an array")
         sq = value["squashfs"]
-        if not isinstance(sq, dict) or set(sq) != (_V1_SQUASHFS if version == 1 else _V2_SQUASHFS):
-            raise CborError(f"squashfs: expected {sorted(_V1_SQUASHFS if version == 1 else _V2_SQUASHFS)}")
-        extra: dict[str, object] = {}
-        if version == 2:
-            options = sq["options"]
-            if not isinstance(options, bytes):
-                raise CborError("squashfs.options: expected bytes")
-            links = tuple(tuple(sorted(_raw(p, "links") for p in _list(g, "squashfs.links")))
-                          for g in _list(sq["links"], "squashfs.links"))
-            extra = {"version": 2, "squashfs_block_size": _int(sq["block_size"], "block_size"),
-                     "squashfs_flags": _int(sq["flags"], "flags"), "squashfs_options": options, "links": links,
-                     "layout": _parse_layout(value["layout"])}
+        if not isinstance(sq, dict) or set(sq) != {"path", "tree", "owners", "compression"}:
+            raise CborError("squashfs: expected path, tree, owners and compression")
         owners: dict[bytes, tuple[int, int]] = {}
         owners_raw = sq["owners"]
         if not isinstance(owners_raw, list):
@@ -329,7 +214,7 @@ def _parse_contents(value: dict[str, dcbor.Value], seq: int, digest: bytes) -> I
             iso=_raw(value["iso"], "iso"), tree=_raw(value["tree"], "tree"), added=added,
             removed=tuple(_raw(p, "removed") for p in removed_raw), system_area=area,
             squashfs_path=_raw(sq["path"], "squashfs.path"), squashfs_tree=_raw(sq["tree"], "squashfs.tree"),
-            owners=owners, compression=compression, seq=seq, digest=digest, **extra,  # type: ignore[arg-type]
+            owners=owners, compression=compression, seq=seq, digest=digest,
         )
     except CborError as exc:
         raise VerificationError(f"{CONTENTS_TYPE} object {digest.hex()}: {exc}", check="iso-files",

@@ -17,13 +17,13 @@ header that claims gigabytes is refused instead of allocated. Every problem rais
 from __future__ import annotations
 
 import hashlib
+import lzma
 import os
 import struct
-from collections.abc import Iterator, Mapping, Sequence
-from typing import NamedTuple
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple, Protocol
 
-from asl_capture.audit.limits import MAX_NAME, Limits
-from asl_capture.audit.squashcodec import COMPRESSORS, decompressor
 from asl_capture.errors import ImageError
 from asl_capture.frozen import frozen
 
@@ -31,12 +31,12 @@ MAGIC = 0x73717368
 SUPERBLOCK = struct.Struct("<IIIIIHHHHHHQQQQQQQQ")
 METADATA_SIZE = 8192
 #: Cap on inode + directory metadata decompressed for one image (a Debian root needs ~2 MiB).
-MAX_METADATA = 64 << 20
+MAX_METADATA = 256 << 20
 MAX_SYMLINK = 4096
 NO_INDEX = 0xFFFFFFFF
 _UNCOMPRESSED_BLOCK = 1 << 24
+COMPRESSORS = {1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "zstd"}
 _FLAG_UNCOMPRESSED_IDS = 0x0800
-_FLAG_COMPRESSOR_OPTIONS = 0x0400
 _KIND = {1: "d", 2: "f", 3: "l", 4: "b", 5: "c", 6: "p", 7: "s"}
 _HEADER = struct.Struct("<HHHHII")
 _U16, _U32, _U64 = struct.Struct("<H"), struct.Struct("<I"), struct.Struct("<Q")
@@ -67,13 +67,59 @@ class Node:
     xattrs: bool = False
     data: FileData | None = None
     inode: int = 0
-    ref: int = 0
 
 
-def _at(node: Node, path: bytes) -> Node:
-    """``node`` (an inode already read) reached under another name: a hard link."""
-    return Node(path, node.kind, node.mode, node.uid, node.gid, node.size, node.target, node.rdev, node.xattrs,
-                node.data, node.inode, node.ref)
+class _Stream(Protocol):
+    @property
+    def eof(self) -> bool: ...
+
+    def decompress(self, data: bytes, max_length: int = ...) -> bytes: ...
+
+
+def _bounded(make: Callable[[], _Stream], error: type[Exception], name: str) -> Callable[[bytes, int], bytes]:
+    """``decompress(raw, limit)`` through a fresh streaming decompressor of the standard library."""
+    def decompress(raw: bytes, limit: int) -> bytes:
+        d = make()
+        try:
+            out = d.decompress(raw, limit + 1)
+        except error as exc:
+            raise ImageError(f"corrupt {name} block: {exc}") from None
+        if len(out) > limit:
+            raise ImageError(f"{name} block expands beyond {limit} bytes")
+        if not d.eof:
+            raise ImageError(f"truncated {name} block")
+        return out
+    return decompress
+
+
+def _decompressor(compressor: int) -> Callable[[bytes, int], bytes]:
+    """``decompress(raw, limit)`` for the image's compressor; output longer than ``limit`` raises."""
+    name = COMPRESSORS.get(compressor, f"#{compressor}")
+    if name == "gzip":
+        return _bounded(zlib.decompressobj, zlib.error, "gzip")
+    if name == "xz":
+        return _bounded(lambda: lzma.LZMADecompressor(format=lzma.FORMAT_XZ), lzma.LZMAError, "xz")
+    if name == "zstd":
+        try:
+            import zstandard
+        except ImportError:
+            raise ImageError("the squashfs image is zstd-compressed: install the 'zstandard' Python package "
+                             "(pip install zstandard, or Debian's python3-zstandard)") from None
+        dctx = zstandard.ZstdDecompressor()
+
+        def zstd(raw: bytes, limit: int) -> bytes:
+            try:
+                claimed = zstandard.frame_content_size(raw)
+                if claimed > limit:
+                    raise ImageError(f"zstd block claims {claimed} bytes, more than {limit}")
+                out: bytes = dctx.decompress(raw, max_output_size=limit)
+            except zstandard.ZstdError as exc:
+                raise ImageError(f"corrupt zstd block: {exc}") from None
+            if len(out) > limit:
+                raise ImageError(f"zstd block expands beyond {limit} bytes")
+            return out
+        return zstd
+    raise ImageError(f"squashfs compressor {name} is not supported (gzip, xz and zstd are)")
 
 
 class SquashImage:
@@ -107,27 +153,15 @@ class SquashImage:
             raise ImageError(f"{name}: inode table does not precede the directory table")
         if self.inode_count == 0 or self.inode_count > self.bytes_used:
             raise ImageError(f"{name}: absurd inode count {self.inode_count}")
-        self.decompress = decompressor(self.compressor)
+        self.decompress = _decompressor(self.compressor)
         self._meta_budget = MAX_METADATA
         self._meta: dict[int, tuple[bytes, int]] = {}
-        self._inodes: dict[int, tuple[Node, bool]] = {}
         self._frag_cache: tuple[int, bytes] | None = None
         self.ids = self._read_ids()
 
     @property
     def compression(self) -> str:
         return COMPRESSORS.get(self.compressor, f"#{self.compressor}")
-
-    def compressor_options(self) -> bytes:
-        """The compressor options block mksquashfs wrote after the superblock (empty when the defaults
-        were used: no ``COMPRESSOR_OPTIONS`` flag).
-
-        Raises:
-            ImageError: the block is corrupt.
-        """
-        if not self.flags & _FLAG_COMPRESSOR_OPTIONS:
-            return b""
-        return self._metablock(SUPERBLOCK.size)[0]
 
     # -- raw access ------------------------------------------------------------------------------
     def _pread(self, pos: int, n: int) -> bytes:
@@ -200,24 +234,8 @@ class SquashImage:
         return self.ids[index]
 
     # -- inodes and directories ------------------------------------------------------------------
-    def _cached_inode(self, ref: int, path: bytes, sizes: Mapping[bytes, int] | None,
-                      ) -> tuple[Node, tuple[int, int, int] | None]:
-        """:meth:`_inode`, each non-directory inode read once however many names link to it (read again
-        only for the block list, once, when a later name has its size recorded)."""
-        cached = self._inodes.get(ref)
-        if cached is not None:
-            node, has_blocks = cached
-            if node.kind != "f" or has_blocks or sizes is None or sizes.get(path) != node.size:
-                return _at(node, path), None
-        node, listing = self._inode(ref, path, sizes=sizes)
-        if listing is None:
-            self._inodes[ref] = (node, node.data is not None)
-        return node, listing
-
-    def _inode(self, ref: int, path: bytes, *, sizes: Mapping[bytes, int] | None = None,
-               ) -> tuple[Node, tuple[int, int, int] | None]:
-        """The inode at ``ref``; for a directory also (listing block, offset, size). A regular file's
-        block list is read only when ``sizes`` is None or records this size for ``path``."""
+    def _inode(self, ref: int, path: bytes) -> tuple[Node, tuple[int, int, int] | None]:
+        """The inode at ``ref``; for a directory also (listing block, offset, size)."""
         block, offset = ref >> 16, ref & 0xFFFF
         if offset >= METADATA_SIZE or self.inode_table + block >= self.dir_table:
             raise ImageError(f"{self.name}: /{os.fsdecode(path)}: inode reference outside the inode table")
@@ -260,13 +278,11 @@ class SquashImage:
             count = fsize // bs if frag != NO_INDEX else (fsize + bs - 1) // bs
             if count * 4 > self.bytes_used:
                 raise ImageError(f"{self.name}: /{os.fsdecode(path)}: file size {fsize} is absurd")
+            blocks = struct.unpack(f"<{count}I", take(4 * count)) if count else ()
             if frag != NO_INDEX and (frag >= self.frag_count or foff >= bs):
                 raise ImageError(f"{self.name}: /{os.fsdecode(path)}: fragment {frag} outside the fragment table")
-            data: FileData | None = None
-            if sizes is None or sizes.get(path) == fsize:
-                words = struct.unpack(f"<{count}I", take(4 * count)) if count else ()
-                data = FileData(start, words, frag, foff, fsize)
-            node = Node(path, kind, mode, uid, gid, fsize, data=data, inode=number, ref=ref)
+            node = Node(path, kind, mode, uid, gid, fsize, data=FileData(start, blocks, frag, foff, fsize),
+                        inode=number)
         elif kind == "l":
             _links, tsize = struct.unpack("<II", take(8))
             if tsize == 0 or tsize > MAX_SYMLINK:
@@ -274,21 +290,21 @@ class SquashImage:
             target = take(tsize)
             if extended:
                 (xattr,) = _U32.unpack(take(4))
-            node = Node(path, kind, mode, uid, gid, tsize, target=target, inode=number, ref=ref)
+            node = Node(path, kind, mode, uid, gid, tsize, target=target, inode=number)
         elif kind in ("b", "c"):
             _links, dev = struct.unpack("<II", take(8))
             if extended:
                 (xattr,) = _U32.unpack(take(4))
             major, minor = (dev >> 8) & 0xFFF, (dev & 0xFF) | ((dev >> 12) & 0xFFF00)
-            node = Node(path, kind, mode, uid, gid, 0, rdev=(major, minor), inode=number, ref=ref)
+            node = Node(path, kind, mode, uid, gid, 0, rdev=(major, minor), inode=number)
         else:
             take(4)
             if extended:
                 (xattr,) = _U32.unpack(take(4))
-            node = Node(path, kind, mode, uid, gid, 0, inode=number, ref=ref)
+            node = Node(path, kind, mode, uid, gid, 0, inode=number)
         if xattr != NO_INDEX:
             node = Node(node.path, node.kind, node.mode, node.uid, node.gid, node.size, node.target, node.rdev,
-                        True, node.data, node.inode, node.ref)
+                        True, node.data, node.inode)
         return node, listing
 
     def _listing(self, start: int, offset: int, size: int, path: bytes) -> list[tuple[bytes, int]]:
@@ -313,9 +329,6 @@ class SquashImage:
                     raise ImageError(f"{self.name}: /{os.fsdecode(path)}: truncated directory entry")
                 ioff, _delta, _type, nsize = struct.unpack_from("<HhHH", raw, pos)
                 pos += 8
-                if nsize >= MAX_NAME:
-                    raise ImageError(f"{self.name}: /{os.fsdecode(path)}: a name of {nsize + 1} bytes, more than "
-                                     f"{MAX_NAME}: refused")
                 name = raw[pos:pos + nsize + 1]
                 pos += nsize + 1
                 if len(name) != nsize + 1 or pos > size:
@@ -328,38 +341,31 @@ class SquashImage:
                 out.append((name, (iblock << 16) | ioff))
         return out
 
-    def walk(self, limits: Limits | None = None) -> list[Node]:
-        """Every path of the image (the root is ``.``), in no particular order, within ``limits``.
+    def walk(self) -> list[Node]:
+        """Every path of the image (the root is ``.``), in no particular order.
 
         Raises:
-            ImageError: the image is corrupt, truncated, cyclic, claims absurd sizes or exceeds ``limits``.
+            ImageError: the image is corrupt, truncated, cyclic or claims absurd sizes.
         """
-        lim = limits if limits is not None else Limits()
         root, listing = self._inode(self.root_ref, b".")
         if root.kind != "d" or listing is None:
             raise ImageError(f"{self.name}: the root inode is not a directory")
         out = [root]
         visited = {self.root_ref}
-        budget = lim.max_path_bytes
         stack: list[tuple[bytes, tuple[int, int, int]]] = [(b"", listing)]
         while stack:
             prefix, (start, offset, size) = stack.pop()
             for name, ref in self._listing(start, offset, size, prefix or b"."):
                 path = prefix + name
-                budget -= len(path)
-                if len(path) > lim.max_path or budget < 0:
-                    raise ImageError(f"{self.name}: /{os.fsdecode(path[:64])}...: a path of {len(path)} bytes "
-                                     f"(more than {lim.max_path}) or more path bytes than the record allows: refused")
-                node, sub = self._cached_inode(ref, path, lim.sizes)
+                node, sub = self._inode(ref, path)
                 out.append(node)
                 if sub is not None:
                     if ref in visited:
                         raise ImageError(f"{self.name}: /{os.fsdecode(path)}: directory cycle")
                     visited.add(ref)
                     stack.append((path + b"/", sub))
-                if len(out) > lim.max_paths:  # hard links: many paths may share one inode
-                    raise ImageError(f"{self.name}: more than {lim.max_paths} paths ({self.inode_count} inodes): "
-                                     f"refused")
+                if len(out) > self.inode_count * 64:
+                    raise ImageError(f"{self.name}: more paths than {self.inode_count} inodes can hold")
         return out
 
     # -- file data -------------------------------------------------------------------------------

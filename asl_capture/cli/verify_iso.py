@@ -13,10 +13,8 @@ from asl_capture.errors import AslError
 
 #: The schemas of the ``--json`` output of ``asl-verify iso`` and ``asl-verify show``.
 JSON_SCHEMAS = {"iso": "asl-verify/iso/1", "show": "asl-verify/show/1"}
-EPILOG = ("\b\nExit status: 0 verified (with --quick: checks 1, 2, 3 and 7 passed, verdict "
-          "verified-partial), 1 verification failed (a check failed), 2 usage error or unusable input (missing "
-          "ISO or provenance directory, an ISO that is not a regular file, unreadable trust key, graph not "
-          "writable).")
+EPILOG = ("\b\nExit status: 0 verified, 1 verification failed (a check failed), 2 usage error or unusable "
+          "input (missing ISO or provenance directory, unreadable trust key, graph not writable).")
 
 
 @click.command("iso", epilog=EPILOG, context_settings=CONTEXT)
@@ -26,8 +24,7 @@ EPILOG = ("\b\nExit status: 0 verified (with --quick: checks 1, 2, 3 and 7 passe
               help="The provenance directory of the build (chain.cbor and objects/).")
 @click.option("--trust", "trust", multiple=True, required=True, type=click.Path(path_type=Path),
               help="Trusted public key (*.pub) or a directory of them (repeatable).")
-@click.option("--quick", is_flag=True, help="Checks 1, 2, 3 and 7 only (no squashfs, closure or Debian checks): "
-                                           "a partial verdict (--json: verified-partial).")
+@click.option("--quick", is_flag=True, help="Checks 1, 2, 3 and 7 only (no squashfs, closure or Debian checks).")
 @click.option("--debian-keyring", "keyrings", multiple=True, type=click.Path(path_type=Path),
               help="An OpenPGP keyring you trust for Debian's archive (repeatable); checked against the "
                    "recorded one and used to verify the InRelease signatures.")
@@ -80,8 +77,7 @@ def iso_cmd(iso: Path, provenance: Path, trust: tuple[Path, ...], quick: bool, k
         if graph_note:
             click.echo(graph_note)
         if report.ok and error is None:
-            click.echo("VERIFIED-PARTIAL (quick: checks 4, 5, 6 not run; not the full verdict)" if quick
-                       else "VERIFIED: all 7 checks passed")
+            click.echo("VERIFIED" + (" (quick: checks 4, 5, 6 not run)" if quick else ": all 7 checks passed"))
         else:
             failed = ", ".join(f"{c.number} {c.name}" for c in report.failures)
             click.echo(f"FAILED: {failed}" if failed else "FAILED")
@@ -106,8 +102,8 @@ def _json(iso: Path, provenance: Path, quick: bool, report: Any, error: AslError
             out["chain"] = {"id": report.chain.chain_id.hex(), "records": len(report.chain.records),
                             "head": {"seq": report.chain.head_seq, "sha256": report.chain.head_digest.hex()},
                             "keys": [k.hex() for k in report.chain.kids]}
-    if error is None:  # a quick run passes only the checks it ran: never the full verdict
-        out["verdict"] = "verified-partial" if quick else "verified"
+    if error is None:
+        out["verdict"] = "verified"
     else:
         out["verdict"] = "failed" if error.exit_code == 1 else "error"
         out["error"] = {"type": type(error).__name__, "message": str(error),

@@ -1,23 +1,18 @@
 #!/usr/bin/env python3
-"""Write the iso step's account of its ISO (``asl-iso-contents``, version 2), stored by ``asl-capture --attach``.
+"""Write the iso step's account of its ISO (``asl-iso-contents``, version 1), stored by ``asl-capture --attach``.
 
 ``grub-mkrescue`` adds files of its own to the tree it is given (BIOS and EFI boot images, GRUB
 modules, ``boot.catalog``, ...). This reads the finished ISO with the same reader ``asl-verify iso``
 uses and records, as deterministic CBOR (``docs/FORMAT.md``)::
 
-    {"v": 2, "type": "asl-iso-contents",
+    {"v": 1, "type": "asl-iso-contents",
      "iso": label of the ISO, "tree": label of the tree given to grub-mkrescue,
      "added": [[path, kind, mode, size, extra], ...],   # in the ISO, not (or not so) in the tree
      "removed": [path, ...],                             # in the tree, not in the ISO
      "system_area": sha256 of the first 32 KiB (boot code, MBR/GPT),
      "squashfs": {"path": path of the system image in the ISO, "tree": label of the tree it was made
                   from, "owners": [[path, uid, gid], ...] for every path not owned by 0:0,
-                  "compression": the mksquashfs compressor, "block_size", "flags": of its superblock,
-                  "options": its compressor options block (empty: defaults),
-                  "links": [[path, path, ...], ...] paths sharing one file inode (hard links)},
-     "layout": {"size", "descriptors": [[sector, type, sha256]], "boot": {"catalog", "sha256", "images":
-                [[platform, emulation, rba, sectors, path, sha256]]} or null, "trees": [...],
-                "regions": [[name, start, length, sha256]]}}   # asl_capture/audit/isolayout.py
+                  "compression": the mksquashfs compressor}}
 
 Labels are paths relative to the working directory, as ``asl-capture`` names them in manifests.
 Exit status 0 written, 2 unusable input.
@@ -35,11 +30,7 @@ from asl_capture import dcbor
 from asl_capture.audit.checks import iso_mode, seen_from_entry
 from asl_capture.audit.compare import Seen
 from asl_capture.audit.iso9660 import SYSTEM_AREA, IsoImage
-from asl_capture.audit.isolayout import read_layout
-from asl_capture.audit.limits import Limits
 from asl_capture.audit.recorded import CONTENTS_TYPE, CONTENTS_VERSION
-from asl_capture.audit.squashcheck import link_groups
-from asl_capture.audit.squashfs import SquashImage
 from asl_capture.errors import AslError
 from asl_capture.format import Entry
 from asl_capture.manifest import label_for, snapshot
@@ -59,35 +50,11 @@ def owners(root: Path) -> list[dcbor.Value]:
     return [[Entry(p, "d", 0, 0, None).to_value()[0], uid, gid] for p, uid, gid in sorted(rows)]
 
 
-def squashfs_make_up(image: IsoImage, path: bytes) -> dict[str, dcbor.Value]:
-    """Block size, superblock flags, compressor options and hard-link groups of the ISO's system image."""
-    node = next(n for n in image.walk() if n.path == path)
-    start, length = image.file_extent(node)
-    sq = SquashImage(image.fd, offset=start, length=length, name=os.fsdecode(path))
-    links = sorted(link_groups(sq.walk()))
-    return {"block_size": sq.block_size, "flags": sq.flags, "options": sq.compressor_options(),
-            "links": [[Entry(p, "d", 0, 0, None).to_value()[0] for p in group] for group in links]}
-
-
-def layout_value(image: IsoImage, size: int) -> dict[str, dcbor.Value]:
-    """The image's layout as recorded (``asl_capture.audit.isolayout.read_layout``)."""
-    layout, _joliet, _hfs = read_layout(image, {n.path: n for n in image.walk()}, size, Limits())
-    boot: dcbor.Value = None
-    if layout.catalog is not None:
-        boot = {"catalog": layout.catalog[0], "sha256": layout.catalog[1],
-                "images": [[b.platform, b.emulation, b.rba, b.sectors, os.fsdecode(b.path), b.sha256]
-                           for b in layout.boot]}
-    return {"size": layout.size, "descriptors": [list(d) for d in layout.descriptors], "boot": boot,
-            "trees": list(layout.trees), "regions": [list(r) for r in layout.regions]}
-
-
 def contents(iso: Path, tree: Path, system: Path, squashfs: str, compression: str, cwd: Path) -> bytes:
     """The encoded contents record."""
     fd = os.open(iso, os.O_RDONLY)
     try:
         image = IsoImage(fd, name=iso.name)
-        made = squashfs_make_up(image, os.fsencode(squashfs))
-        layout = layout_value(image, os.fstat(fd).st_size)
         found: dict[bytes, tuple[Seen, Entry]] = {}
         for n in image.walk():
             extra: bytes | int | None = None
@@ -117,8 +84,7 @@ def contents(iso: Path, tree: Path, system: Path, squashfs: str, compression: st
         "removed": removed,
         "system_area": area,
         "squashfs": {"path": squashfs, "tree": os.fsdecode(label_for(system, cwd)), "owners": owners(system),
-                     "compression": compression, **made},
-        "layout": layout,
+                     "compression": compression},
     }
     return dcbor.encode(doc)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from asl_capture.audit import squashcodec
+from asl_capture.audit import squashfs
 from asl_capture.audit.squashfs import SUPERBLOCK, SquashImage
 from asl_capture.errors import ImageError
 
@@ -203,7 +203,7 @@ def test_a_file_whose_blocks_lie_outside_is_refused(tmp_path: Path) -> None:
 ])
 def test_block_decompression_is_bounded_and_whole(number: int, name: str, compress: Callable[[bytes], bytes]) -> None:
     """A block that expands past its limit, is cut short or is corrupt is refused, naming the compressor."""
-    decompress = squashcodec.decompressor(number)
+    decompress = squashfs._decompressor(number)
     block = compress(b"squash" * 100)
     assert decompress(block, 600) == b"squash" * 100
     with pytest.raises(ImageError, match=f"{name} block expands beyond 599 bytes"):
