@@ -320,28 +320,6 @@ def check_appendable(prov: ProvenanceDir) -> Head:
             os.close(fd)
 
 
-def current_head(prov: ProvenanceDir) -> Head:
-    """The chain's head as it is on disk now, *without* taking the append lock.
-
-    For the signing agent, which checks a request against the head while the requesting capture
-    holds the lock (taking it here would deadlock).
-
-    Raises:
-        TornTailError: the chain ends with a partial record.
-        ChainError: the chain cannot be read or its last record cannot be read.
-    """
-    try:
-        fd, _size = safeio.open_regular(prov.chain, what="chain")
-    except FileNotFoundError:
-        return Head(chain=None, next_seq=0, prev=None, end=0)
-    except OSError as exc:
-        raise ChainError(f"{prov.chain}: cannot open chain: {safeio.describe(exc)}") from None
-    try:
-        return head_of(prov, fd)
-    finally:
-        os.close(fd)
-
-
 def open_for_append(prov: ProvenanceDir) -> int:
     """Open (creating) the chain for appending (``O_APPEND``), refusing a symlink or a non-regular file.
 

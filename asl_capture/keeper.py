@@ -184,13 +184,6 @@ class ChainKeeper:
             self._running.pop(self.own_id, None)
             return result
 
-    def check(self) -> tuple[str, ...]:
-        """Compare the chain and checkpoint on disk with the copy; restore them if they differ.
-        Return every note so far."""
-        with self._mutex:
-            self._check(full=True)
-            return tuple(self._notes)
-
     # --- the chain -------------------------------------------------------------------------------------
 
     def _append(self, draft: StepRecord, *, checked: bool = False) -> tuple[StepRecord, Item]:

@@ -6,7 +6,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,16 @@ def other_keypair(tmp_path: Path) -> KeyPair:
     """A second, untrusted key pair."""
     key, pub, kid = generate("other", directory=tmp_path / "other-keys")
     return KeyPair(key, pub, kid)
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A directory another user (the build user, nobody) can reach: pytest's own tmp_path sits
+    below a mode-0700 directory."""
+    path = Path(tempfile.mkdtemp(prefix="asl-shared-test-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -149,15 +146,6 @@ def test_ephemeral_key_with_key_is_a_usage_error(cli_env: dict[str, str], keypai
     result = cli("asl-capture", "--ephemeral-key", "--key", keypair.key, "--", "true", env=cli_env, cwd=work)
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "UsageError")
-
-
-@pytest.fixture
-def shared_tmp() -> Iterator[Path]:
-    """A directory another user can reach (pytest's own tmp_path sits below a mode-0700 directory)."""
-    path = Path(tempfile.mkdtemp(prefix="asl-agent-test-"))
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_the_capturing_process_is_not_dumpable(shared_tmp: Path) -> None:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,12 +33,9 @@ echo "passphrase=$found"
 
 
 @pytest.fixture
-def shared() -> Iterator[Path]:
-    """A directory the build user can reach (pytest's tmp_path sits below a mode-0700 directory)."""
-    path = Path(tempfile.mkdtemp(prefix="asl-steps-test-"))
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def shared(shared_tmp: Path) -> Path:
+    """A directory the build user can reach (tests/conftest.py)."""
+    return shared_tmp
 
 
 @pytest.fixture

@@ -184,7 +184,7 @@ def test_nothing_is_signed_on_request(served: agent.SigningAgent, keeper: ChainK
     """The old attack: ask the agent to sign a forged earlier record and a checkpoint for it."""
     client = agent.connect(served.socket_path)
     nested_append(client, keeper)
-    head = chain.current_head(prov)
+    head = chain.head_after(chain.read(prov.chain).items[-1])
     forged = draft(b"F" * 16, keeper.own_id, status="failed").linked(chain=head.chain or b"", seq=0, prev=None)
     for content_type, payload in ((STEP_CONTENT_TYPE, forged.to_cbor()),
                                   (CHECKPOINT_CONTENT_TYPE, dcbor.encode({"v": 1, "chain": head.chain, "seq": 0,
